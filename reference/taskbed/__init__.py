@@ -1,0 +1,89 @@
+"""taskbed: the reference runtime of the ``module_sdk.tasks`` API (standard library only)."""
+
+from . import ui as ui
+from ._channel import Connection as Connection
+from ._channel import ConnectionRegistry as ConnectionRegistry
+from ._context import RequestContext as RequestContext
+from ._context import current_request as current_request
+from ._errors import InvalidCommandError as InvalidCommandError
+from ._errors import InvalidProgressError as InvalidProgressError
+from ._errors import InvalidSubmissionError as InvalidSubmissionError
+from ._errors import InvalidTaskKeyError as InvalidTaskKeyError
+from ._errors import InvalidTokenError as InvalidTokenError
+from ._errors import LifecycleError as LifecycleError
+from ._errors import ManagerNotInitializedError as ManagerNotInitializedError
+from ._errors import MissingUserError as MissingUserError
+from ._errors import NotSerializableError as NotSerializableError
+from ._errors import SandboxViolationError as SandboxViolationError
+from ._errors import TaskbedError as TaskbedError
+from ._errors import UnknownTaskError as UnknownTaskError
+from ._errors import UnknownTaskNameError as UnknownTaskNameError
+from ._lifecycle import ACTIVE as ACTIVE
+from ._lifecycle import TERMINAL as TERMINAL
+from ._lifecycle import TRANSITIONS as TRANSITIONS
+from ._lifecycle import TaskEvent as TaskEvent
+from ._lifecycle import TaskStatus as TaskStatus
+from ._lifecycle import transition as transition
+from ._manager import TaskManager as TaskManager
+from ._memory_store import MemoryStore as MemoryStore
+from ._model import Owner as Owner
+from ._model import TaskRecord as TaskRecord
+from ._model import serialize as serialize
+from ._ports import ClientChannel as ClientChannel
+from ._ports import Clock as Clock
+from ._ports import Lease as Lease
+from ._ports import ProcessResult as ProcessResult
+from ._ports import ProcessRunner as ProcessRunner
+from ._ports import TaskStore as TaskStore
+from ._ports import WallClock as WallClock
+from ._process import OSProcessRunner as OSProcessRunner
+from ._runtime import ModuleSDK as ModuleSDK
+from ._runtime import Runtime as Runtime
+from ._sqlite_store import SQLiteStore as SQLiteStore
+from ._tasks import Tasks as Tasks
+
+__version__ = "0.1.0.dev0"
+
+__all__ = (
+    "ACTIVE",
+    "TERMINAL",
+    "TRANSITIONS",
+    "ClientChannel",
+    "Clock",
+    "Connection",
+    "ConnectionRegistry",
+    "InvalidCommandError",
+    "InvalidProgressError",
+    "InvalidSubmissionError",
+    "InvalidTaskKeyError",
+    "InvalidTokenError",
+    "Lease",
+    "LifecycleError",
+    "ManagerNotInitializedError",
+    "MemoryStore",
+    "MissingUserError",
+    "ModuleSDK",
+    "NotSerializableError",
+    "OSProcessRunner",
+    "Owner",
+    "ProcessResult",
+    "ProcessRunner",
+    "RequestContext",
+    "Runtime",
+    "SQLiteStore",
+    "SandboxViolationError",
+    "TaskEvent",
+    "TaskManager",
+    "TaskRecord",
+    "TaskStatus",
+    "TaskStore",
+    "TaskbedError",
+    "Tasks",
+    "UnknownTaskError",
+    "UnknownTaskNameError",
+    "WallClock",
+    "current_request",
+    "serialize",
+    "transition",
+    "ui",
+)

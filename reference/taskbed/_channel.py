@@ -1,0 +1,153 @@
+"""The client channel: connections of users, per-owner delivery, and the offline queue.
+
+A lifecycle message reaches only the connections of the task's owner (same user and same
+organization). A durable message (completed, error, confirmation) for an owner with no open
+connection is kept in the store and delivered, in order, when the owner connects again; the
+started and progress messages are not kept (OWN). Messages from a client go to the task
+manager, which ignores those about tasks the sender does not own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ._errors import see
+from ._model import Message, Owner, scope
+from ._ports import Clock, TaskStore
+
+#: Messages a client may send, and the one key each carries.
+CLIENT_COMMANDS = frozenset({"backgroundTaskResponse", "backgroundTaskCancel", "backgroundTaskGet"})
+
+Handler = Callable[["Connection", str, dict[str, Any]], Awaitable[None]]
+
+
+class Connection:
+    """One client connection of a user (what a browser tab would hold).
+
+    Attributes:
+        messages: every message received, oldest first.
+        received: the same messages with the clock time each arrived, ``(time, message)``.
+    """
+
+    def __init__(self, registry: ConnectionRegistry, owner: Owner) -> None:
+        self._registry = registry
+        self.owner = owner
+        self.messages: list[Message] = []
+        self.received: list[tuple[float, Message]] = []
+        self.closed = False
+        self._read = 0
+        self._waiter: asyncio.Future[None] | None = None
+
+    @property
+    def user_id(self) -> Any:
+        return self.owner.user_id
+
+    @property
+    def organization_id(self) -> Any:
+        return self.owner.organization_id
+
+    def deliver(self, message: Message) -> None:
+        """Server to client: record *message* and wake a pending ``receive()``."""
+        self.messages.append(message)
+        self.received.append((self._registry.clock.now(), message))
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def receive(self) -> Message:
+        """The next message this connection has not yet received through ``receive()``."""
+        while self._read >= len(self.messages):
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        self._read += 1
+        return self.messages[self._read - 1]
+
+    async def send(self, message: Message) -> None:
+        """Client to server: a ``backgroundTaskResponse``, ``Cancel`` or ``Get`` command.
+
+        Raises:
+            ValueError: the message is not one of those, in the shape
+                ``{"backgroundTaskCancel": {"taskId": "..."}}``.
+            RuntimeError: the connection is closed.
+        """
+        if self.closed:
+            raise RuntimeError("this connection is closed; open a new one with rt.connect(...)")
+        command, body = _parse(message)
+        await self._registry.dispatch(self, command, body)
+
+    def close(self) -> None:
+        """Disconnect; later durable messages for this owner are queued if no connection is left."""
+        if not self.closed:
+            self.closed = True
+            self._registry.disconnect(self)
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<Connection user={self.user_id!r} org={self.organization_id!r} {state}>"
+
+
+def _parse(message: object) -> tuple[str, dict[str, Any]]:
+    if (
+        isinstance(message, dict)
+        and len(message) == 1
+        and next(iter(message)) in CLIENT_COMMANDS
+        and isinstance(body := next(iter(message.values())), dict)
+        and isinstance(body.get("taskId"), str)
+    ):
+        return next(iter(message)), body
+    raise ValueError(
+        f"not a client command: {message!r}. Send one of "
+        '{"backgroundTaskResponse": {"taskId": id, "response": {...}}}, '
+        '{"backgroundTaskCancel": {"taskId": id}} or {"backgroundTaskGet": {"taskId": id}} '
+        + see("ownership", "OWN-4")
+    )
+
+
+class ConnectionRegistry:
+    """The reference ClientChannel: open connections by owner, and the offline queue."""
+
+    def __init__(self, store: TaskStore, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+        self._by_owner: dict[tuple[str, str], list[Connection]] = {}
+        self.handler: Handler | None = None
+
+    @staticmethod
+    def _slot(owner: Owner) -> tuple[str, str]:
+        return scope(owner.user_id), scope(owner.organization_id)
+
+    def connect(self, user_id: Any, organization_id: Any = None) -> Connection:
+        """Open a connection for a user; deliver what was kept while they were offline."""
+        owner = Owner(user_id, organization_id)
+        conn = Connection(self, owner)
+        self._by_owner.setdefault(self._slot(owner), []).append(conn)
+        for message in self.store.drain(owner):
+            conn.deliver(message)
+        return conn
+
+    def disconnect(self, conn: Connection) -> None:
+        slot = self._slot(conn.owner)
+        conns = self._by_owner.get(slot, [])
+        if conn in conns:
+            conns.remove(conn)
+        if not conns:
+            self._by_owner.pop(slot, None)
+
+    def is_online(self, owner: Owner) -> bool:
+        return self._slot(owner) in self._by_owner
+
+    def publish(self, owner: Owner, message: Message, *, durable: bool) -> None:
+        conns = self._by_owner.get(self._slot(owner))
+        if conns:
+            for conn in list(conns):
+                conn.deliver(message)
+        elif durable:
+            self.store.enqueue(owner, message)
+
+    async def dispatch(self, conn: Connection, command: str, body: dict[str, Any]) -> None:
+        if self.handler is not None:  # no task manager: nothing can act on it
+            await self.handler(conn, command, body)

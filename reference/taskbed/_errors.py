@@ -1,0 +1,72 @@
+"""Error types of the reference runtime.
+
+The conformance suite judges every implementation by the platform's built-in types
+(``ValueError``, ``TypeError``, ``RuntimeError``, ``PermissionError``), so each error here
+subclasses the built-in one the platform raises. The subclasses exist for their messages:
+each says what was wrong, shows the correct call and names the spec page that states the rule.
+"""
+
+from __future__ import annotations
+
+
+def see(page: str, rule: str) -> str:
+    """The pointer every error message ends with: the spec page and the rule ID."""
+    return f"(see specs/{page}.md, rule {rule})"
+
+
+class TaskbedError(Exception):
+    """Base of every error the reference runtime raises on purpose."""
+
+
+class ManagerNotInitializedError(TaskbedError, RuntimeError):
+    """The SDK was used while no task manager runs (before ``start()`` or after ``stop()``)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "TaskManager not initialized: start the runtime first "
+            "(`async with Runtime() as rt:` or `await rt.start()`) " + see("manager", "MGR-1")
+        )
+
+
+class MissingUserError(TaskbedError, ValueError):
+    """The session has no ``user.id``, so the task would have no owner."""
+
+
+class InvalidSubmissionError(TaskbedError, ValueError):
+    """``run_background`` was given something that is neither a coroutine nor a task name."""
+
+
+class UnknownTaskNameError(TaskbedError, ValueError):
+    """``run_background`` was given a name that no ``register_task`` call registered."""
+
+
+class InvalidTaskKeyError(TaskbedError, TypeError, ValueError):
+    """A ``task_key`` that is not a string (both a TypeError and a ValueError)."""
+
+
+class InvalidCommandError(TaskbedError, TypeError):
+    """A ``run_subprocess`` command of the wrong type (a string, a tuple, None, an empty list)."""
+
+
+class InvalidTokenError(TaskbedError, ValueError):
+    """A ``run_subprocess`` command with an empty or blank token."""
+
+
+class InvalidProgressError(TaskbedError, ValueError):
+    """A progress value that is not a finite number."""
+
+
+class NotSerializableError(TaskbedError, TypeError):
+    """A checkpoint or result that JSON cannot represent."""
+
+
+class UnknownTaskError(TaskbedError, ValueError):
+    """A task id that the store does not know."""
+
+
+class SandboxViolationError(TaskbedError, PermissionError):
+    """A ``cwd`` outside the paths the module's access rules allow."""
+
+
+class LifecycleError(TaskbedError, RuntimeError):
+    """A status change that the lifecycle table does not allow (an internal invariant)."""

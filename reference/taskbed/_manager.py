@@ -1,0 +1,375 @@
+"""The task manager: submission, dedup, the run of a task, progress, confirmation, recovery.
+
+It is written once, against the ports (Clock, TaskStore, ClientChannel); the reference
+runtime and the harness give it different adapters. Every status change goes through
+:meth:`TaskManager._change`, which asks the lifecycle table first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import dataclasses
+import json
+import logging
+import math
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ._channel import Connection
+from ._context import RequestContext, set_request
+from ._errors import UnknownTaskError, see
+from ._lifecycle import ACTIVE, TERMINAL, TaskEvent, TaskStatus, transition
+from ._model import (
+    Message,
+    Owner,
+    TaskRecord,
+    check_json,
+    confirmation_message,
+    outcome_message,
+    progress_message,
+    scope,
+    started_message,
+)
+from ._ports import ClientChannel, Clock, Lease, TaskStore
+
+log = logging.getLogger("taskbed")
+
+HOST = socket.gethostname()
+
+#: The ``error`` of tasks that recovery found orphaned.
+RESTARTED_ERROR = (
+    "interrupted: the runtime that ran this task stopped unexpectedly (crash or restart); "
+    "the task was recovered when a runtime started again"
+)
+CANCELLED_ERROR = "interrupted: cancelled"
+STOPPED_ERROR = "interrupted: the runtime stopped"
+
+
+@dataclasses.dataclass(slots=True)
+class Work:
+    """What a task runs, and how to drop it unrun (a duplicate or a failed submission)."""
+
+    start: Callable[[], Awaitable[Any]]
+    discard: Callable[[], None]
+
+
+@dataclasses.dataclass(slots=True)
+class _Local:
+    record: TaskRecord
+    task: asyncio.Task[None] | None = None
+    interrupt_error: str = CANCELLED_ERROR
+    confirmation: tuple[asyncio.Future[Any], list[dict[str, Any]]] | None = None
+
+
+def same_owner(a: Owner, b: Owner) -> bool:
+    return scope(a.user_id) == scope(b.user_id) and scope(a.organization_id) == scope(
+        b.organization_id
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class TaskManager:
+    """Runs tasks for one runtime instance over a store that may be shared with others."""
+
+    def __init__(
+        self,
+        *,
+        store: TaskStore,
+        clock: Clock,
+        channel: ClientChannel,
+        lease_seconds: float = 30.0,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.channel = channel
+        self.runtime_id = uuid.uuid4().hex
+        self.lease_seconds = lease_seconds
+        self._local: dict[str, _Local] = {}
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------ life of the manager
+
+    def _lease(self) -> Lease:
+        ttl = self.lease_seconds if self.store.shared else math.inf
+        return Lease(self.runtime_id, self.clock.now() + ttl, HOST, os.getpid())
+
+    async def start(self) -> None:
+        """Take a lease, recover the tasks of runtimes that are gone, keep the lease fresh."""
+        self.store.heartbeat(self._lease())
+        self.recover()
+        if self.store.shared:
+            self._heartbeat = asyncio.get_running_loop().create_task(self._keep_lease())
+
+    async def _keep_lease(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                self.store.heartbeat(self._lease())
+                self.recover()
+            except Exception:
+                log.exception("taskbed: could not refresh the runtime lease")
+
+    def recover(self) -> list[TaskRecord]:
+        """Interrupt the active tasks of runtimes that are gone (REC).
+
+        A runtime is gone when its lease expired, or when it ran on this host and its process
+        no longer exists. Tasks of live runtimes are never touched.
+        """
+        now = self.clock.now()
+        dead = [
+            lease.runtime_id
+            for lease in self.store.leases()
+            if lease.runtime_id != self.runtime_id
+            and (lease.expires_at < now or (lease.host == HOST and not _pid_alive(lease.pid)))
+        ]
+        orphans = self.store.interrupt_orphans(dead, now, RESTARTED_ERROR)
+        for row in orphans:
+            self.channel.publish(row.owner, outcome_message(row), durable=True)
+        return orphans
+
+    async def stop(self) -> None:
+        """Interrupt the tasks this runtime runs, wait for them, and give up the lease."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        running = []
+        for local in list(self._local.values()):
+            if local.task is not None and not local.task.done():
+                local.interrupt_error = STOPPED_ERROR
+                local.task.cancel()
+                running.append(local.task)
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+        self.store.release(self.runtime_id)
+
+    # ------------------------------------------------------------ submission
+
+    def submit(
+        self,
+        work: Work,
+        *,
+        owner: Owner,
+        module: str,
+        label: str,
+        task_key: str | None,
+        request: RequestContext | None,
+        session_key: str | None,
+    ) -> str:
+        """Create the task (or find the active one holding *task_key*) and schedule its run.
+
+        Atomic: no ``await`` between the dedup decision and the task being scheduled.
+        """
+        now = self.clock.now()
+        record = TaskRecord(
+            id=str(uuid.uuid4()),
+            user_id=owner.user_id,
+            organization_id=owner.organization_id,
+            module=module,
+            label=label,
+            task_key=task_key,
+            status=TaskStatus.PENDING.value,
+            progress=0.0,
+            checkpoint={},
+            result=None,
+            error=None,
+            created_at=now,
+            updated_at=now,
+            runner_id=self.runtime_id,
+        )
+        try:
+            stored, created = self.store.insert_or_get_active(record)
+            if not created:
+                work.discard()
+                return stored.id
+            if request is None:  # CTX: a synthetic context carries the submitter's identity
+                request = RequestContext(
+                    f"task:{record.id}", owner.user_id, owner.organization_id, module, session_key
+                )
+            context = contextvars.copy_context()
+            context.run(set_request, request)
+            local = _Local(record)
+            self._local[record.id] = local
+            local.task = asyncio.get_running_loop().create_task(
+                self._run(local, work), context=context
+            )
+            local.task.add_done_callback(lambda _: self._never_started(local, work))
+        except BaseException:
+            work.discard()
+            raise
+        self.channel.publish(owner, started_message(record), durable=False)
+        return record.id
+
+    async def _run(self, local: _Local, work: Work) -> None:
+        record = local.record
+        try:
+            self._change(record, TaskEvent.START)
+            result = await work.start()
+            check_json(result, "the task's result", "BG-5")
+            result = json.loads(json.dumps(result))
+        except asyncio.CancelledError:
+            self._finish(record, TaskEvent.INTERRUPT, error=local.interrupt_error)
+        except Exception as exc:  # noqa: BLE001 - the task failed; the runtime carries on (BG-6)
+            self._finish(record, TaskEvent.FAIL, error=str(exc) or type(exc).__name__)
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit: record, then let it go
+            self._finish(record, TaskEvent.FAIL, error=str(exc) or type(exc).__name__)
+            raise
+        else:
+            self._finish(record, TaskEvent.COMPLETE, result=result, progress=1.0)
+        finally:
+            self._local.pop(record.id, None)
+
+    def _never_started(self, local: _Local, work: Work) -> None:
+        """A task cancelled before its first step never enters ``_run``'s body: end it here."""
+        if local.record.status == TaskStatus.PENDING:
+            work.discard()
+            self._finish(local.record, TaskEvent.INTERRUPT, error=local.interrupt_error)
+            self._local.pop(local.record.id, None)
+
+    # ------------------------------------------------------------ status changes
+
+    def _change(self, record: TaskRecord, event: TaskEvent, **fields: Any) -> None:
+        """The one place a task's status changes: the table first, then memory, then store."""
+        status = transition(record.id, record.status, event)
+        record.status = status.value
+        record.updated_at = self.clock.now()
+        for name, value in fields.items():
+            setattr(record, name, value)
+        changes = {"status": record.status, "updated_at": record.updated_at, **fields}
+        try:
+            self.store.update(record.id, changes)
+        except Exception:
+            log.exception("taskbed: could not store %s of task %s", event.value, record.id)
+
+    def _finish(self, record: TaskRecord, event: TaskEvent, **fields: Any) -> None:
+        self._change(record, event, **fields)
+        self.channel.publish(record.owner, outcome_message(record), durable=True)
+
+    def _record(self, task_id: object) -> TaskRecord | None:
+        if not isinstance(task_id, str):
+            return None
+        local = self._local.get(task_id)
+        if local is not None:
+            return local.record
+        return self.store.get(task_id)
+
+    # ------------------------------------------------------------ progress
+
+    def update_progress(
+        self, task_id: str, progress: float, checkpoint: dict[str, Any] | None, label: str | None
+    ) -> None:
+        record = self._record(task_id)
+        if record is None or record.status in TERMINAL:
+            return
+        record.progress = progress
+        record.updated_at = self.clock.now()
+        changes: dict[str, object] = {"progress": progress, "updated_at": record.updated_at}
+        if checkpoint is not None:
+            record.checkpoint = changes["checkpoint"] = checkpoint
+        if label is not None:
+            record.label = changes["label"] = label
+        self.store.update(record.id, changes)
+        message = progress_message(
+            record,
+            progress,
+            record.label,
+            checkpoint=checkpoint is not None,
+            at=record.updated_at,
+        )
+        self.channel.publish(record.owner, message, durable=False)
+
+    def emit_progress(
+        self, task_id: str, progress: float | None, label: str | None, *, checkpoint: bool
+    ) -> None:
+        record = self._record(task_id)
+        if record is None or record.status in TERMINAL:
+            return
+        message = progress_message(
+            record,
+            record.progress if progress is None else progress,
+            record.label if label is None else label,
+            checkpoint=checkpoint,
+            at=self.clock.now(),
+        )
+        self.channel.publish(record.owner, message, durable=False)
+
+    # ------------------------------------------------------------ confirmation
+
+    async def request_confirmation(self, task_id: str, components: list[dict[str, Any]]) -> Any:
+        record = self._record(task_id)
+        if record is None:
+            raise UnknownTaskError(
+                f"no task with id {task_id!r}; pass the id run_background returned "
+                + see("confirmation", "CONF-3")
+            )
+        local = self._local.get(task_id) or self._local.setdefault(task_id, _Local(record))
+        self._change(record, TaskEvent.ASK)
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        local.confirmation = (waiter, components)
+        self.channel.publish(record.owner, confirmation_message(record, components), durable=True)
+        try:
+            return await waiter
+        finally:
+            local.confirmation = None
+            if local.task is None:  # a task of another runtime: we only held its confirmation
+                self._local.pop(task_id, None)
+
+    # ------------------------------------------------------------ client commands
+
+    async def handle_client_message(
+        self, conn: Connection, command: str, body: dict[str, Any]
+    ) -> None:
+        """Act on a client command, if it comes from the task's owner; else ignore it (OWN)."""
+        record = self._record(body["taskId"])
+        if record is None or not same_owner(record.owner, conn.owner):
+            return
+        local = self._local.get(record.id)
+        if command == "backgroundTaskGet":
+            conn.deliver(self._snapshot(record, local))
+        elif command == "backgroundTaskCancel":
+            if local is not None and local.task is not None and not local.task.done():
+                local.interrupt_error = CANCELLED_ERROR
+                local.task.cancel()
+            if local is not None and local.confirmation is not None:
+                local.confirmation[0].cancel()
+        elif command == "backgroundTaskResponse":
+            if local is None or local.confirmation is None:
+                return  # nothing is waiting for an answer
+            waiter, _ = local.confirmation
+            if not waiter.done():
+                self._change(record, TaskEvent.ANSWER)
+                waiter.set_result(body.get("response"))
+
+    @staticmethod
+    def _snapshot(record: TaskRecord, local: _Local | None) -> Message:
+        if record.status == TaskStatus.WAITING_CONFIRMATION and local and local.confirmation:
+            return confirmation_message(record, local.confirmation[1])
+        return outcome_message(record)
+
+    # ------------------------------------------------------------ waiting
+
+    async def wait(self, task_id: str, poll: float = 0.05) -> TaskRecord:
+        local = self._local.get(task_id)
+        if local is not None and local.task is not None:
+            await asyncio.wait([local.task])
+        while True:
+            record = self.store.get(task_id)
+            if record is None:
+                raise UnknownTaskError(f"no task with id {task_id!r}")
+            if record.status not in ACTIVE:
+                return record
+            await asyncio.sleep(poll)  # a task of another runtime on a shared store

@@ -1,0 +1,131 @@
+"""MemoryStore: the TaskStore port in a process's memory (the default store, and the harness's)."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import threading
+from collections import defaultdict, deque
+from collections.abc import Callable, Collection
+
+from ._lifecycle import ACTIVE, TERMINAL, TaskEvent, transition
+from ._model import Message, Owner, TaskRecord, scope
+from ._ports import Lease
+
+
+class MemoryStore:
+    """Task rows in a dict. Atomic because no method awaits and a lock covers each one.
+
+    The lock makes it safe to share one MemoryStore between runtimes running in several
+    threads of one process; within one event loop the lock is never contended.
+    """
+
+    shared = False
+
+    def __init__(self) -> None:
+        self._rows: dict[str, TaskRecord] = {}
+        self._order: dict[str, int] = {}
+        self._seq = itertools.count()
+        # (organization scope, task_key) -> id of the active task holding the key
+        self._active_keys: dict[tuple[str, str], str] = {}
+        self._outbox: defaultdict[tuple[str, str], deque[Message]] = defaultdict(deque)
+        self._leases: dict[str, Lease] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ rows
+
+    def insert_or_get_active(self, record: TaskRecord) -> tuple[TaskRecord, bool]:
+        with self._lock:
+            if record.task_key is not None:
+                slot = (scope(record.organization_id), record.task_key)
+                holder = self._active_keys.get(slot)
+                if holder is not None:
+                    return dataclasses.replace(self._rows[holder]), False
+                if record.status in ACTIVE:
+                    self._active_keys[slot] = record.id
+            self._rows[record.id] = dataclasses.replace(record)
+            self._order[record.id] = next(self._seq)
+            return record, True
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        with self._lock:
+            row = self._rows.get(task_id)
+            return None if row is None else dataclasses.replace(row)
+
+    def update(self, task_id: str, changes: dict[str, object]) -> None:
+        with self._lock:
+            row = self._rows.get(task_id)
+            if row is None or row.status in TERMINAL:
+                return
+            for name, value in changes.items():
+                setattr(row, name, value)
+            if row.status in TERMINAL and row.task_key is not None:
+                self._active_keys.pop((scope(row.organization_id), row.task_key), None)
+
+    def _select(self, keep: Callable[[TaskRecord], bool]) -> list[TaskRecord]:
+        with self._lock:
+            found = [row for row in self._rows.values() if keep(row)]
+            found.sort(key=lambda r: (r.created_at, self._order[r.id]), reverse=True)
+            return [dataclasses.replace(row) for row in found]
+
+    def find_by_key(self, task_key: str, organization_id: object) -> list[TaskRecord]:
+        org = scope(organization_id)
+        return self._select(lambda r: r.task_key == task_key and scope(r.organization_id) == org)
+
+    def find_by_key_prefix(self, prefix: str, organization_id: object) -> list[TaskRecord]:
+        org = scope(organization_id)
+        return self._select(
+            lambda r: (
+                r.task_key is not None
+                and r.task_key.startswith(prefix)
+                and scope(r.organization_id) == org
+            )
+        )
+
+    def find_by_user(self, user_id: object, organization_id: object) -> list[TaskRecord]:
+        user, org = scope(user_id), scope(organization_id)
+        return self._select(lambda r: scope(r.user_id) == user and scope(r.organization_id) == org)
+
+    # ------------------------------------------------------------ offline queue
+
+    def enqueue(self, owner: Owner, message: Message) -> None:
+        with self._lock:
+            self._outbox[scope(owner.user_id), scope(owner.organization_id)].append(message)
+
+    def drain(self, owner: Owner) -> list[Message]:
+        with self._lock:
+            kept = self._outbox.pop((scope(owner.user_id), scope(owner.organization_id)), None)
+            return list(kept or ())
+
+    # ------------------------------------------------------------ leases and recovery
+
+    def heartbeat(self, lease: Lease) -> None:
+        with self._lock:
+            self._leases[lease.runtime_id] = lease
+
+    def leases(self) -> list[Lease]:
+        with self._lock:
+            return list(self._leases.values())
+
+    def interrupt_orphans(self, dead: Collection[str], now: float, error: str) -> list[TaskRecord]:
+        with self._lock:
+            for runtime_id in dead:
+                self._leases.pop(runtime_id, None)
+            orphans = [
+                row
+                for row in self._rows.values()
+                if row.status in ACTIVE and row.runner_id not in self._leases
+            ]
+            for row in orphans:
+                row.status = transition(row.id, row.status, TaskEvent.INTERRUPT)
+                row.error, row.updated_at = error, now
+                if row.task_key is not None:
+                    self._active_keys.pop((scope(row.organization_id), row.task_key), None)
+            return [dataclasses.replace(row) for row in orphans]
+
+    def release(self, runtime_id: str) -> None:
+        with self._lock:
+            self._leases.pop(runtime_id, None)
+
+    def close(self) -> None:
+        """Nothing to release; the rows stay readable."""

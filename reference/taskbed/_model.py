@@ -1,0 +1,191 @@
+"""The task row, its wire form, and the messages the runtime sends to a client.
+
+Everything that turns a task into JSON for the outside world lives here, once: the serialized
+row that queries return, the lifecycle messages, and the timestamp format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from datetime import UTC, datetime
+from typing import Any, Final, NamedTuple
+
+from ._errors import InvalidProgressError, NotSerializableError, see
+from ._lifecycle import TaskStatus
+
+JSON = Any
+Message = dict[str, Any]
+
+DEFAULT_LABEL: Final = "Background Task"
+
+
+class Owner(NamedTuple):
+    """Who a task belongs to: the session's user and organization (``None`` matches ``None``)."""
+
+    user_id: Any
+    organization_id: Any
+
+
+@dataclasses.dataclass(slots=True)
+class TaskRecord:
+    """One task row as the stores keep it (snake_case; see :func:`serialize` for the wire form)."""
+
+    id: str
+    user_id: Any
+    organization_id: Any
+    module: str
+    label: str
+    task_key: str | None
+    status: str
+    progress: float
+    checkpoint: dict[str, Any]
+    result: JSON
+    error: str | None
+    created_at: float
+    updated_at: float
+    runner_id: str | None = None
+
+    @property
+    def owner(self) -> Owner:
+        return Owner(self.user_id, self.organization_id)
+
+
+def scope(value: object) -> str:
+    """The exact-match key of a user or organization id: ``None``, ``10`` and ``"10"`` differ."""
+    return json.dumps(value, sort_keys=True)
+
+
+# ---------------------------------------------------------------- timestamps
+
+
+def iso(ts: float) -> str:
+    """A Clock timestamp (seconds since the epoch) as ISO 8601 in UTC, millisecond precision."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+def label_of(ts: float) -> str:
+    """A Clock timestamp as the short human label clients show (``2026-11-28 18:35:53 UTC``)."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+# ---------------------------------------------------------------- validation
+
+
+def check_json(value: object, what: str, rule: str) -> None:
+    """Raise NotSerializableError unless *value* survives ``json.dumps`` unchanged in kind."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        page = "progress" if rule.startswith("PROG") else "submission"
+        raise NotSerializableError(
+            f"{what} must be JSON-serialisable (dicts, lists, str, int, finite float, bool, "
+            f"None): {exc}. Convert it first, e.g. str(value) or value.isoformat(). "
+            + see(page, rule)
+        ) from None
+
+
+def clamp_progress(progress: object) -> float:
+    """Clamp a progress value into [0, 1]; reject what is not a finite real number."""
+    if isinstance(progress, bool) or not isinstance(progress, int | float):
+        raise InvalidProgressError(
+            f"progress must be a number between 0.0 and 1.0, got {progress!r}; "
+            "call update_progress(task_id, 0.5) " + see("progress", "PROG-2")
+        )
+    value = float(progress)
+    if not math.isfinite(value):
+        raise InvalidProgressError(
+            f"progress must be finite, got {value!r}; the stored progress is unchanged "
+            + see("progress", "PROG-2")
+        )
+    return min(1.0, max(0.0, value))
+
+
+# ---------------------------------------------------------------- wire forms
+
+
+def serialize(record: TaskRecord) -> dict[str, Any]:
+    """The row as queries and ``Runtime.wait`` return it (camelCase, plus ``id``)."""
+    return {
+        "id": record.id,
+        "taskId": record.id,
+        "userId": record.user_id,
+        "organizationId": record.organization_id,
+        "taskKey": record.task_key,
+        "module": record.module,
+        "label": record.label,
+        "status": record.status,
+        "progress": record.progress,
+        "checkpoint": record.checkpoint,
+        "result": record.result,
+        "error": record.error,
+        "createdAt": iso(record.created_at),
+        "updatedAt": iso(record.updated_at),
+        "createdAtLabel": label_of(record.created_at),
+        "updatedAtLabel": label_of(record.updated_at),
+    }
+
+
+def started_message(record: TaskRecord) -> Message:
+    return {
+        "backgroundTaskStarted": {
+            "taskId": record.id,
+            "label": record.label,
+            "module": record.module,
+        }
+    }
+
+
+def progress_message(
+    record: TaskRecord, progress: float, label: str, *, checkpoint: bool, at: float
+) -> Message:
+    return {
+        "backgroundTaskProgress": {
+            "taskId": record.id,
+            "progress": progress,
+            "label": label,
+            "checkpoint": checkpoint,
+            "updatedAt": iso(at),
+            "updatedAtLabel": label_of(at),
+        }
+    }
+
+
+def confirmation_message(record: TaskRecord, components: list[dict[str, Any]]) -> Message:
+    return {
+        "backgroundTaskConfirmation": {
+            "taskId": record.id,
+            "label": record.label,
+            "surfaceId": f"task_confirm_{record.id}",
+            "components": components,
+            "updatedAt": iso(record.updated_at),
+            "updatedAtLabel": label_of(record.updated_at),
+        }
+    }
+
+
+def outcome_message(record: TaskRecord) -> Message:
+    """The message for a task's current state: what the client is told, or gets on request."""
+    stamp = {"updatedAt": iso(record.updated_at), "updatedAtLabel": label_of(record.updated_at)}
+    if record.status == TaskStatus.COMPLETED:
+        return {
+            "backgroundTaskCompleted": {
+                "taskId": record.id,
+                "label": record.label,
+                "result": record.result,
+                **stamp,
+            }
+        }
+    if record.status in (TaskStatus.FAILED, TaskStatus.INTERRUPTED):
+        return {
+            "backgroundTaskError": {
+                "taskId": record.id,
+                "label": record.label,
+                "error": record.error,
+                **stamp,
+            }
+        }
+    return progress_message(
+        record, record.progress, record.label, checkpoint=False, at=record.updated_at
+    )

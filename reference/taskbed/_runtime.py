@@ -1,0 +1,198 @@
+"""The Runtime: wires the ports, owns the task manager's life, hands out module SDKs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from types import ModuleType, TracebackType
+from typing import Any
+
+from . import ui as _ui
+from ._channel import Connection, ConnectionRegistry
+from ._context import RequestContext, reset_request, set_request
+from ._manager import TaskManager
+from ._memory_store import MemoryStore
+from ._model import serialize
+from ._ports import Clock, ProcessRunner, TaskStore, WallClock
+from ._process import OSProcessRunner
+from ._tasks import Tasks, session_owner
+from ._threads import WorkerPool
+
+
+class ModuleSDK:
+    """What module code receives: ``.tasks``, ``.ui``, ``.session`` and ``.module_name``."""
+
+    ui: ModuleType = _ui
+
+    def __init__(self, runtime: Runtime, session: dict[str, Any], module: str) -> None:
+        self.session = session
+        self.module_name = module
+        self.tasks = Tasks(runtime, session, module)
+
+    def __repr__(self) -> str:
+        return f"<ModuleSDK module={self.module_name!r}>"
+
+
+class Runtime:
+    """The reference runtime of ``module_sdk.tasks``.
+
+    Use it as ``async with Runtime() as rt:`` (or ``await rt.start()`` / ``await rt.stop()``).
+    Before ``start()`` and after ``stop()`` the SDK behaves as "TaskManager not initialized".
+
+    Args:
+        store: where task rows live; ``MemoryStore()`` by default, ``SQLiteStore(path)`` to
+            persist them (and to recover after a crash).
+        clock: where timestamps come from (the harness passes a virtual clock).
+        process_runner: how ``run_subprocess`` starts processes (the harness records them).
+        max_workers: size of the worker-thread pool of ``run_blocking``.
+        lease_seconds: how long this runtime's lease on a shared store lasts without a
+            heartbeat; another runtime recovers its tasks after that.
+    """
+
+    def __init__(
+        self,
+        store: TaskStore | None = None,
+        *,
+        clock: Clock | None = None,
+        process_runner: ProcessRunner | None = None,
+        max_workers: int | None = None,
+        lease_seconds: float = 30.0,
+    ) -> None:
+        self.store: TaskStore = store if store is not None else MemoryStore()
+        self.clock: Clock = clock if clock is not None else WallClock()
+        self.channel = ConnectionRegistry(self.store, self.clock)
+        self.processes: ProcessRunner = (
+            process_runner if process_runner is not None else OSProcessRunner()
+        )
+        self.pool = WorkerPool(max_workers)
+        self.lease_seconds = lease_seconds
+        self.manager: TaskManager | None = None
+        self._registered: dict[str, Callable[..., Any]] = {}
+        self._modules: dict[str, list[dict[str, Any]]] = {}
+
+    # ------------------------------------------------------------ life
+
+    async def start(self) -> None:
+        """Start the task manager and recover the tasks of runtimes that are gone."""
+        if self.manager is not None:
+            return
+        manager = TaskManager(
+            store=self.store, clock=self.clock, channel=self.channel,
+            lease_seconds=self.lease_seconds,
+        )  # fmt: skip
+        await manager.start()
+        self.manager = manager
+        self.channel.handler = manager.handle_client_message
+
+    async def stop(self) -> None:
+        """Interrupt running tasks, give up the lease, and stop the task manager."""
+        manager, self.manager = self.manager, None
+        self.channel.handler = None
+        if manager is not None:
+            await manager.stop()
+        self.pool.shutdown()
+
+    async def __aenter__(self) -> Runtime:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:  # fmt: skip
+        await self.stop()
+
+    # ------------------------------------------------------------ SDK objects
+
+    def sdk(self, *, session: dict[str, Any], module: str) -> ModuleSDK:
+        """A module SDK for a session, outside any request (tasks get a synthetic context)."""
+        return ModuleSDK(self, session, module)
+
+    @asynccontextmanager
+    async def request(
+        self, *, session: dict[str, Any], module: str, request_id: str | None = None
+    ) -> AsyncIterator[ModuleSDK]:
+        """Run a block as one request: sets the request context and yields the module SDK."""
+        try:
+            owner = session_owner(session)
+            user_id, org_id = owner.user_id, owner.organization_id
+        except ValueError:
+            user_id = org_id = None
+        key = session.get("session_key")
+        ctx = RequestContext(request_id, user_id, org_id, module, None if key is None else str(key))
+        token = set_request(ctx)
+        try:
+            yield ModuleSDK(self, session, module)
+        finally:
+            reset_request(token)
+
+    def connect(self, user_id: Any, organization_id: Any = None) -> Connection:
+        """Open a client connection for a user; messages kept while offline arrive at once."""
+        return self.channel.connect(user_id, organization_id)
+
+    async def wait(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Wait until the task is terminal and return its serialized row.
+
+        Raises:
+            RuntimeError: the runtime is not started.
+            ValueError: no task has that id.
+            TimeoutError: *timeout* seconds passed first.
+        """
+        manager = self.manager
+        if manager is None:
+            raise RuntimeError("the runtime is not started; use `async with Runtime() as rt:`")
+        async with asyncio.timeout(timeout):
+            return serialize(await manager.wait(task_id))
+
+    # ------------------------------------------------------------ registration
+
+    def register_task(self, name: str, func: Callable[..., Any]) -> None:
+        """Register *func* under *name* for ``run_background(name, **kwargs)``.
+
+        An async function runs on the loop; a sync one runs in a worker thread.
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a task name must be a non-empty string, got {name!r}")
+        if not callable(func):
+            raise TypeError(f"register_task({name!r}, func) needs a callable, got {func!r}")
+        self._registered[name] = func
+
+    def registered_task(self, name: str) -> Callable[..., Any] | None:
+        return self._registered.get(name)
+
+    def task_names(self) -> Iterable[str]:
+        return self._registered.keys()
+
+    def register_module(self, name: str, access: Iterable[dict[str, Any]] = ()) -> None:
+        """Declare a module's sandbox rules.
+
+        Args:
+            name: the module name used in ``rt.request(module=...)``.
+            access: rules such as ``{"path": "/srv/data"}`` (filesystem; ``"mode"`` optional)
+                or ``{"network": "api.example.com:443"}``. A registered module's subprocesses
+                may only use a ``cwd`` inside its filesystem paths.
+        """
+        rules = []
+        for rule in access:
+            if not isinstance(rule, dict) or not ({"path", "network"} & rule.keys()):
+                raise ValueError(
+                    f"an access rule is a dict with 'path' or 'network', got {rule!r}; e.g. "
+                    '{"path": "/srv/data", "mode": "rw"} or {"network": "api.example.com:443"}'
+                )
+            rules.append(dict(rule))
+        self._modules[name] = rules
+
+    def module_access(self, module: str) -> list[dict[str, Any]]:
+        return list(self._modules.get(module, ()))
+
+    def allowed_paths(self, module: str) -> list[str] | None:
+        """The filesystem roots a module may use, or None when the module declared no rules."""
+        if module not in self._modules:
+            return None
+        return [
+            os.path.realpath(os.fspath(rule["path"]))
+            for rule in self._modules[module]
+            if "path" in rule
+        ]

@@ -1,0 +1,54 @@
+"""Shared fixtures of our own tests: a runtime over each store, sessions, requests."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from taskbed import MemoryStore, ModuleSDK, Runtime, SQLiteStore, TaskStore
+
+sys.path.insert(0, str(Path(__file__).parent))  # so tests can `from rules import RULES`
+
+
+def make_session(user: Any = 7, org: Any = 10, key: str | None = "s1") -> dict[str, Any]:
+    """A session dict as the platform passes it."""
+    return {"user": {"id": user, "organization_id": org}, "session_key": key}
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> TaskStore:
+    """Each store the reference ships: rule tests run over both."""
+    if request.param == "memory":
+        return MemoryStore()
+    return SQLiteStore(tmp_path / "tasks.db")
+
+
+@pytest_asyncio.fixture
+async def rt(store: TaskStore) -> AsyncIterator[Runtime]:
+    """A started runtime over the store; stopped (and its store closed) after the test."""
+    async with Runtime(store=store) as runtime:
+        yield runtime
+    store.close()
+
+
+@pytest.fixture
+def request_as(
+    rt: Runtime,
+) -> Callable[..., AbstractAsyncContextManager[ModuleSDK]]:
+    """``async with request_as(user=7, org=10, module="mod") as sdk:`` opens a request."""
+
+    def open_request(
+        user: Any = 7, org: Any = 10, module: str = "mod", request_id: str = "r1",
+        key: str | None = "s1",
+    ) -> AbstractAsyncContextManager[ModuleSDK]:  # fmt: skip
+        return rt.request(
+            session=make_session(user, org, key), module=module, request_id=request_id
+        )
+
+    return open_request

@@ -1,0 +1,18 @@
+"""The public surface is pinned: a change to it is a deliberate change to this list."""
+
+import taskbed
+
+
+def test_all_names_exist_and_are_sorted_stably() -> None:
+    for name in taskbed.__all__:
+        assert hasattr(taskbed, name), name
+    assert len(set(taskbed.__all__)) == len(taskbed.__all__)
+
+
+def test_pinned_public_names() -> None:
+    pinned = {"Runtime", "SQLiteStore", "MemoryStore", "ui", "TaskStatus", "TRANSITIONS"}
+    assert pinned <= set(taskbed.__all__)
+
+
+def test_private_modules_are_not_exported() -> None:
+    assert not [n for n in taskbed.__all__ if n.startswith("_")]
