@@ -55,6 +55,11 @@ class Connection:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    @property
+    def unread(self) -> list[Message]:
+        """The messages that ``receive()`` has not returned yet, oldest first."""
+        return self.messages[self._read :]
+
     async def receive(self) -> Message:
         """The next message this connection has not yet received through ``receive()``."""
         while self._read >= len(self.messages):

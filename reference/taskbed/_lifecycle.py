@@ -12,7 +12,8 @@ Theory of operation
 -------------------
 A task is created ``pending``. The first time its work runs it becomes ``running``. A running
 task may stop to ask its owner something (``waiting_confirmation``) and goes back to
-``running`` when the answer arrives. It ends ``completed`` (its work returned), ``failed``
+``running`` when the answer arrives, or when the work stops waiting without one (a
+``wait_for`` timeout around the question). It ends ``completed`` (its work returned), ``failed``
 (its work raised) or ``interrupted`` (it was cancelled, its runtime stopped, or its runtime
 died and recovery found it). A terminal task never changes status again: the table has no
 row for terminal states, so any event on them is an error.
@@ -49,6 +50,7 @@ class TaskEvent(enum.StrEnum):
     INTERRUPT = "interrupt"  # cancelled, runtime stopped, or recovered after a crash
     ASK = "ask"  # the work asks its owner for confirmation
     ANSWER = "answer"  # the owner answered the confirmation
+    WITHDRAW = "withdraw"  # the work stopped waiting for an answer (timeout, cancellation)
 
 
 P, R, W = TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.WAITING_CONFIRMATION
@@ -69,6 +71,7 @@ TRANSITIONS: Final[dict[TaskStatus, dict[TaskEvent, TaskStatus]]] = {
     },
     W: {
         TaskEvent.ANSWER: R,
+        TaskEvent.WITHDRAW: R,
         TaskEvent.FAIL: TaskStatus.FAILED,
         TaskEvent.INTERRUPT: TaskStatus.INTERRUPTED,
     },

@@ -49,6 +49,9 @@ RESTARTED_ERROR = (
 CANCELLED_ERROR = "interrupted: cancelled"
 STOPPED_ERROR = "interrupted: the runtime stopped"
 
+#: Result types that JSON stores exactly as they are: no check, no round trip needed.
+_JSON_AS_IS: frozenset[type] = frozenset({type(None), bool, str})
+
 
 @dataclasses.dataclass(slots=True)
 class Work:
@@ -216,11 +219,15 @@ class TaskManager:
 
     async def _run(self, local: _Local, work: Work) -> None:
         record = local.record
+        started = False
         try:
+            await self._admit(record)
             self._change(record, TaskEvent.START)
+            started = True
             result = await work.start()
-            check_json(result, "the task's result", "BG-5")
-            result = json.loads(json.dumps(result))
+            if type(result) not in _JSON_AS_IS:  # None, bool, str survive the round trip as is
+                check_json(result, "the task's result", "BG-5")
+                result = json.loads(json.dumps(result))
         except asyncio.CancelledError:
             self._finish(record, TaskEvent.INTERRUPT, error=local.interrupt_error)
         except Exception as exc:  # noqa: BLE001 - the task failed; the runtime carries on (BG-6)
@@ -231,7 +238,12 @@ class TaskManager:
         else:
             self._finish(record, TaskEvent.COMPLETE, result=result, progress=1.0)
         finally:
+            if not started:  # held, failed or cancelled before its work began
+                work.discard()
             self._local.pop(record.id, None)
+
+    async def _admit(self, record: TaskRecord) -> None:
+        """Test seam: the harness holds submissions here; the reference admits at once."""
 
     def _never_started(self, local: _Local, work: Work) -> None:
         """A task cancelled before its first step never enters ``_run``'s body: end it here."""
@@ -316,8 +328,8 @@ class TaskManager:
                 f"no task with id {task_id!r}; pass the id run_background returned "
                 + see("confirmation", "CONF-3")
             )
+        self._change(record, TaskEvent.ASK)  # first: a refused ASK leaves no _Local behind
         local = self._local.get(task_id) or self._local.setdefault(task_id, _Local(record))
-        self._change(record, TaskEvent.ASK)
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         local.confirmation = (waiter, components)
         self.channel.publish(record.owner, confirmation_message(record, components), durable=True)
@@ -325,6 +337,10 @@ class TaskManager:
             return await waiter
         finally:
             local.confirmation = None
+            if record.status == TaskStatus.WAITING_CONFIRMATION:
+                # No answer came (a wait_for timeout, a cancellation): the question is
+                # withdrawn, so the task is running again and may complete (BG-11).
+                self._change(record, TaskEvent.WITHDRAW)
             if local.task is None:  # a task of another runtime: we only held its confirmation
                 self._local.pop(task_id, None)
 

@@ -4,13 +4,38 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import operator
 import threading
 from collections import defaultdict, deque
 from collections.abc import Callable, Collection
+from typing import Any
 
 from ._lifecycle import ACTIVE, TERMINAL, TaskEvent, transition
 from ._model import Message, Owner, TaskRecord, scope
 from ._ports import Lease
+
+_fields = operator.attrgetter(*(f.name for f in dataclasses.fields(TaskRecord)))
+
+
+def _clone(value: Any) -> Any:
+    """A copy of a JSON value's dicts and lists (what SQLite's JSON round trip gives)."""
+    if type(value) is dict:
+        return {k: _clone(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_clone(v) for v in value]
+    return value
+
+
+def _copy(row: TaskRecord) -> TaskRecord:
+    """A copy, like ``dataclasses.replace(row)`` at a fifth of the cost.
+
+    The checkpoint and result are copied too, so a caller that mutates a row it got (or gave)
+    never changes the stored one: the memory store isolates rows as the SQLite store does.
+    """
+    copied = TaskRecord(*_fields(row))
+    copied.checkpoint = _clone(copied.checkpoint)
+    copied.result = _clone(copied.result)
+    return copied
 
 
 class MemoryStore:
@@ -36,21 +61,22 @@ class MemoryStore:
 
     def insert_or_get_active(self, record: TaskRecord) -> tuple[TaskRecord, bool]:
         with self._lock:
-            if record.task_key is not None:
+            # Only active rows compete for a key (as SQLite's partial unique index): a row
+            # inserted terminal (history) is never blocked and never holds the key.
+            if record.task_key is not None and record.status in ACTIVE:
                 slot = (scope(record.organization_id), record.task_key)
                 holder = self._active_keys.get(slot)
                 if holder is not None:
-                    return dataclasses.replace(self._rows[holder]), False
-                if record.status in ACTIVE:
-                    self._active_keys[slot] = record.id
-            self._rows[record.id] = dataclasses.replace(record)
+                    return _copy(self._rows[holder]), False
+                self._active_keys[slot] = record.id
+            self._rows[record.id] = _copy(record)
             self._order[record.id] = next(self._seq)
             return record, True
 
     def get(self, task_id: str) -> TaskRecord | None:
         with self._lock:
             row = self._rows.get(task_id)
-            return None if row is None else dataclasses.replace(row)
+            return None if row is None else _copy(row)
 
     def update(self, task_id: str, changes: dict[str, object]) -> None:
         with self._lock:
@@ -58,7 +84,7 @@ class MemoryStore:
             if row is None or row.status in TERMINAL:
                 return
             for name, value in changes.items():
-                setattr(row, name, value)
+                setattr(row, name, _clone(value))
             if row.status in TERMINAL and row.task_key is not None:
                 self._active_keys.pop((scope(row.organization_id), row.task_key), None)
 
@@ -66,7 +92,7 @@ class MemoryStore:
         with self._lock:
             found = [row for row in self._rows.values() if keep(row)]
             found.sort(key=lambda r: (r.created_at, self._order[r.id]), reverse=True)
-            return [dataclasses.replace(row) for row in found]
+            return [_copy(row) for row in found]
 
     def find_by_key(self, task_key: str, organization_id: object) -> list[TaskRecord]:
         org = scope(organization_id)
@@ -121,7 +147,7 @@ class MemoryStore:
                 row.error, row.updated_at = error, now
                 if row.task_key is not None:
                     self._active_keys.pop((scope(row.organization_id), row.task_key), None)
-            return [dataclasses.replace(row) for row in orphans]
+            return [_copy(row) for row in orphans]
 
     def release(self, runtime_id: str) -> None:
         with self._lock:

@@ -20,6 +20,8 @@ Message = dict[str, Any]
 
 DEFAULT_LABEL: Final = "Background Task"
 
+_encode_str = json.encoder.encode_basestring_ascii  # what json.dumps does to a str
+
 
 class Owner(NamedTuple):
     """Who a task belongs to: the session's user and organization (``None`` matches ``None``)."""
@@ -53,21 +55,55 @@ class TaskRecord:
 
 
 def scope(value: object) -> str:
-    """The exact-match key of a user or organization id: ``None``, ``10`` and ``"10"`` differ."""
+    """The exact-match key of a user or organization id: ``None``, ``10`` and ``"10"`` differ.
+
+    Equal to ``json.dumps(value, sort_keys=True)``; the usual ids (None, int, str) skip the
+    encoder, as several scopes are taken per task (benchmarks/bench_submit.py).
+    """
+    if type(value) is str:
+        return _encode_str(value)
+    if type(value) is int:
+        return int.__repr__(value)
+    if value is None:
+        return "null"
     return json.dumps(value, sort_keys=True)
 
 
 # ---------------------------------------------------------------- timestamps
 
 
+# Whole seconds already formatted: floor(second) -> (ISO text up to the seconds, ISO zone
+# suffix, label). A run of tasks stamps the same few seconds again and again.
+_seconds: dict[int, tuple[str, str, str]] = {}
+_MILLIS = tuple(f".{n:03d}" for n in range(1000))
+
+
+def stamps(ts: float) -> tuple[str, str]:
+    """``(iso(ts), label_of(ts))``, formatting the timestamp's whole second once."""
+    moment = datetime.fromtimestamp(ts, UTC)  # rounds to the microsecond
+    second = math.floor(ts)
+    if moment.microsecond == 0 and ts - second > 0.5:
+        second += 1  # rounding carried into the next second
+    parts = _seconds.get(second)
+    if parts is None:
+        whole = moment.replace(microsecond=0)
+        text = whole.isoformat(timespec="milliseconds")  # ...T18:35:53.000+00:00
+        parts = (text[:-10], text[-6:], whole.strftime("%Y-%m-%d %H:%M:%S UTC"))
+        if len(_seconds) >= 1024:
+            _seconds.clear()
+        _seconds[second] = parts
+    head, zone, label = parts
+    return head + _MILLIS[moment.microsecond // 1000] + zone, label
+
+
 def iso(ts: float) -> str:
     """A Clock timestamp (seconds since the epoch) as ISO 8601 in UTC, millisecond precision."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+    return stamps(ts)[0]
 
 
 def label_of(ts: float) -> str:
     """A Clock timestamp as the short human label clients show (``2026-11-28 18:35:53 UTC``)."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return stamps(ts)[1]
 
 
 # ---------------------------------------------------------------- validation
@@ -107,6 +143,8 @@ def clamp_progress(progress: object) -> float:
 
 def serialize(record: TaskRecord) -> dict[str, Any]:
     """The row as queries and ``Runtime.wait`` return it (camelCase, plus ``id``)."""
+    created, created_label = stamps(record.created_at)
+    updated, updated_label = stamps(record.updated_at)
     return {
         "id": record.id,
         "taskId": record.id,
@@ -120,10 +158,10 @@ def serialize(record: TaskRecord) -> dict[str, Any]:
         "checkpoint": record.checkpoint,
         "result": record.result,
         "error": record.error,
-        "createdAt": iso(record.created_at),
-        "updatedAt": iso(record.updated_at),
-        "createdAtLabel": label_of(record.created_at),
-        "updatedAtLabel": label_of(record.updated_at),
+        "createdAt": created,
+        "updatedAt": updated,
+        "createdAtLabel": created_label,
+        "updatedAtLabel": updated_label,
     }
 
 
@@ -140,34 +178,37 @@ def started_message(record: TaskRecord) -> Message:
 def progress_message(
     record: TaskRecord, progress: float, label: str, *, checkpoint: bool, at: float
 ) -> Message:
+    updated, updated_label = stamps(at)
     return {
         "backgroundTaskProgress": {
             "taskId": record.id,
             "progress": progress,
             "label": label,
             "checkpoint": checkpoint,
-            "updatedAt": iso(at),
-            "updatedAtLabel": label_of(at),
+            "updatedAt": updated,
+            "updatedAtLabel": updated_label,
         }
     }
 
 
 def confirmation_message(record: TaskRecord, components: list[dict[str, Any]]) -> Message:
+    updated, updated_label = stamps(record.updated_at)
     return {
         "backgroundTaskConfirmation": {
             "taskId": record.id,
             "label": record.label,
             "surfaceId": f"task_confirm_{record.id}",
             "components": components,
-            "updatedAt": iso(record.updated_at),
-            "updatedAtLabel": label_of(record.updated_at),
+            "updatedAt": updated,
+            "updatedAtLabel": updated_label,
         }
     }
 
 
 def outcome_message(record: TaskRecord) -> Message:
     """The message for a task's current state: what the client is told, or gets on request."""
-    stamp = {"updatedAt": iso(record.updated_at), "updatedAtLabel": label_of(record.updated_at)}
+    updated, updated_label = stamps(record.updated_at)
+    stamp = {"updatedAt": updated, "updatedAtLabel": updated_label}
     if record.status == TaskStatus.COMPLETED:
         return {
             "backgroundTaskCompleted": {

@@ -51,6 +51,9 @@ class Runtime:
             heartbeat; another runtime recovers its tasks after that.
     """
 
+    #: The task manager class; the harness's runtime swaps in a subclass with test controls.
+    manager_class: type[TaskManager] = TaskManager
+
     def __init__(
         self,
         store: TaskStore | None = None,
@@ -78,7 +81,7 @@ class Runtime:
         """Start the task manager and recover the tasks of runtimes that are gone."""
         if self.manager is not None:
             return
-        manager = TaskManager(
+        manager = self.manager_class(
             store=self.store, clock=self.clock, channel=self.channel,
             lease_seconds=self.lease_seconds,
         )  # fmt: skip
@@ -181,7 +184,10 @@ class Runtime:
                     f"an access rule is a dict with 'path' or 'network', got {rule!r}; e.g. "
                     '{"path": "/srv/data", "mode": "rw"} or {"network": "api.example.com:443"}'
                 )
-            rules.append(dict(rule))
+            copy = dict(rule)
+            if "path" in copy:  # a str, so MODULE_SDK_ACCESS stays JSON (a Path is welcome)
+                copy["path"] = os.fsdecode(copy["path"])
+            rules.append(copy)
         self._modules[name] = rules
 
     def module_access(self, module: str) -> list[dict[str, Any]]:

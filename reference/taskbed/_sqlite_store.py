@@ -4,10 +4,11 @@ Dedup is the database's job: a partial unique index over ``(org_scope, task_key)
 rows, and ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` inside a ``BEGIN IMMEDIATE``
 transaction, so two processes submitting one key at once get one row.
 
-Writes that are not inserts (status transitions, progress) are buffered and written in one
-transaction at the end of the current event-loop iteration, or earlier by the next insert or
-read. A run of 10,000 short tasks thus costs about one commit per task instead of three, while
-the insert that decides dedup is committed before ``run_background`` returns.
+Writes that are not inserts (status transitions, progress, messages queued for an offline
+owner) are buffered and written in one transaction at the end of the current event-loop
+iteration, or earlier by the next insert or read. A run of 10,000 short tasks thus costs about
+one commit per task instead of three, while the insert that decides dedup is committed before
+``run_background`` returns.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def _status_list(statuses: Iterable[TaskStatus]) -> str:
 
 _ACTIVE_SQL = _status_list(ACTIVE)
 _INTERRUPTIBLE_SQL = _status_list(sources(TaskEvent.INTERRUPT))
+_TERMINAL_VALUES = frozenset(s.value for s in TaskStatus if s not in ACTIVE)
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS tasks (
@@ -83,20 +85,31 @@ _FIELDS = frozenset(
 )
 
 
+def _load(text: str) -> Any:
+    """``json.loads``, skipping the decoder for what most rows hold (null, {}, small ints)."""
+    if text == "null":
+        return None
+    if text == "{}":
+        return {}
+    if text.isascii() and text.isdigit():
+        return int(text)
+    return json.loads(text)
+
+
 def _row(values: tuple[Any, ...]) -> TaskRecord:
     (tid, user, org, module, label, key, status, progress, checkpoint, result, error,
      created, updated, runner) = values  # fmt: skip
     return TaskRecord(
         id=tid,
-        user_id=json.loads(user),
-        organization_id=json.loads(org),
+        user_id=_load(user),
+        organization_id=_load(org),
         module=module,
         label=label,
         task_key=key,
         status=status,
         progress=progress,
-        checkpoint=json.loads(checkpoint),
-        result=json.loads(result),
+        checkpoint=_load(checkpoint),
+        result=_load(result),
         error=error,
         created_at=created,
         updated_at=updated,
@@ -139,6 +152,7 @@ class SQLiteStore:
         )
         self._lock = threading.RLock()
         self._pending: dict[str, dict[str, object]] = {}
+        self._outbox: list[tuple[str, str, str]] = []  # queued messages, not yet written
         self._flush_scheduled = False
         self._closed = False
         with self._lock:
@@ -150,22 +164,35 @@ class SQLiteStore:
     # ------------------------------------------------------------ write-behind buffer
 
     def _apply_pending(self) -> None:
-        """Write buffered updates; the caller holds the lock and an open transaction."""
+        """Write buffered updates and messages; the caller holds the lock and a transaction.
+
+        Updates that set the same columns go in one ``executemany`` (a run of tasks mostly
+        sets status, updated_at, result and progress), the queued messages in another.
+        """
         pending, self._pending = self._pending, {}
+        outbox, self._outbox = self._outbox, []
+        by_columns: dict[tuple[str, ...], list[tuple[object, ...]]] = {}
         for task_id, changes in pending.items():
-            names = list(changes)
+            if not changes:  # update(task_id, {}) changes nothing (and "SET  WHERE" is invalid)
+                continue
+            names = tuple(changes)
             values = [json.dumps(changes[n]) if n in _JSON_FIELDS else changes[n] for n in names]
+            by_columns.setdefault(names, []).append((*values, task_id))
+        for names, rows in by_columns.items():
             assignments = ", ".join(f"{n} = ?" for n in names)
-            self._db.execute(
-                f"UPDATE tasks SET {assignments} WHERE id = ? AND status IN ({_ACTIVE_SQL})",
-                (*values, task_id),
+            self._db.executemany(
+                f"UPDATE tasks SET {assignments} WHERE id = ? AND status IN ({_ACTIVE_SQL})", rows
+            )
+        if outbox:
+            self._db.executemany(
+                "INSERT INTO outbox (user_scope, org_scope, message) VALUES (?, ?, ?)", outbox
             )
 
     def flush(self) -> None:
         """Write every buffered update now, in one transaction."""
         with self._lock:
             self._flush_scheduled = False
-            if not self._pending or self._closed:
+            if not (self._pending or self._outbox) or self._closed:
                 return
             with self._transaction():
                 self._apply_pending()
@@ -210,9 +237,14 @@ class SQLiteStore:
             raise ValueError(f"cannot update task fields {sorted(unknown)}")
         with self._lock:
             merged = self._pending.setdefault(task_id, {})
-            if merged.get("status") in {s.value for s in TaskStatus} - ACTIVE:
+            if merged.get("status") in _TERMINAL_VALUES:
                 return  # already terminal in the buffer: a terminal row never changes
             merged.update(changes)
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        """Flush at the end of this event-loop iteration, or now outside a running loop."""
+        with self._lock:
             if self._flush_scheduled:
                 return
             try:
@@ -227,7 +259,7 @@ class SQLiteStore:
 
     def _query(self, sql: str, params: tuple[object, ...]) -> list[TaskRecord]:
         with self._lock:
-            if self._pending:
+            if self._pending or self._outbox:
                 self.flush()
             return [_row(values) for values in self._db.execute(sql, params)]
 
@@ -259,14 +291,18 @@ class SQLiteStore:
     # ------------------------------------------------------------ offline queue
 
     def enqueue(self, owner: Owner, message: Message) -> None:
+        # Buffered with the row updates and written in the same transaction: a queued
+        # "completed" is never committed while the row it reports is still "running" (a crash
+        # then would contradict it), and a run of tasks costs no commit per message.
         with self._lock:
-            self._db.execute(
-                "INSERT INTO outbox (user_scope, org_scope, message) VALUES (?, ?, ?)",
-                (scope(owner.user_id), scope(owner.organization_id), json.dumps(message)),
+            self._outbox.append(
+                (scope(owner.user_id), scope(owner.organization_id), json.dumps(message))
             )
+            self._schedule_flush()
 
     def drain(self, owner: Owner) -> list[Message]:
         with self._lock, self._transaction():
+            self._apply_pending()  # messages still in the buffer come out too, in order
             kept = self._db.execute(
                 "DELETE FROM outbox WHERE user_scope = ? AND org_scope = ? RETURNING seq, message",
                 (scope(owner.user_id), scope(owner.organization_id)),

@@ -173,7 +173,8 @@ class Tasks:
                 return Work(start=lambda: func(**kwargs), discard=lambda: None)
             pool = self._runtime.pool
             return Work(start=lambda: pool.run(func, **kwargs), discard=lambda: None)
-        name = getattr(target, "__qualname__", None) or repr(target)
+        # __name__, not __qualname__: "outer.<locals>.job()" is not a call anyone can paste
+        name = getattr(target, "__name__", None) or repr(target)
         if callable(target):
             hint = (
                 f"pass a coroutine object: run_background({name}()) and not run_background({name})"
@@ -242,9 +243,13 @@ class Tasks:
             isinstance(timeout, bool) or not isinstance(timeout, int | float)
         ):
             raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
-        result: ProcessResult = await self._runtime.processes.run(
-            argv, cwd=workdir, env=merged, timeout=timeout, capture_output=capture_output
-        )
+        try:
+            result: ProcessResult = await self._runtime.processes.run(
+                argv, cwd=workdir, env=merged, timeout=timeout, capture_output=capture_output
+            )
+        except subprocess.TimeoutExpired as exc:
+            exc.cmd = command  # as subprocess.run: the command as given, like CompletedProcess
+            raise
         out, err = (
             (_decode(result.stdout), _decode(result.stderr))
             if text
@@ -380,6 +385,8 @@ class Tasks:
     ) -> None:
         """Push a progress message without storing anything; ``None`` means the stored value."""
         value = None if progress is None else clamp_progress(progress)
+        if label is not None and not isinstance(label, str):  # as update_progress checks it
+            raise TypeError(f"label must be a string, got {label!r}")
         manager = self._manager
         if manager is not None:
             manager.emit_progress(task_id, value, label, checkpoint=checkpoint is not None)
