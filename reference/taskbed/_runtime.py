@@ -117,7 +117,15 @@ class Runtime:
     async def request(
         self, *, session: dict[str, Any], module: str, request_id: str | None = None
     ) -> AsyncIterator[ModuleSDK]:
-        """Run a block as one request: sets the request context and yields the module SDK."""
+        """Run a block as one request: sets the request context and yields the module SDK.
+
+        Raises:
+            TypeError: *session* is not a dict.
+        """
+        if not isinstance(session, dict):
+            raise TypeError(
+                f"session must be a dict such as {{'user': {{'id': 7}}}}, got {session!r}"
+            )
         try:
             owner = session_owner(session)
             user_id, org_id = owner.user_id, owner.organization_id

@@ -308,7 +308,7 @@ class Tasks:
     def sandbox_variables(self) -> dict[str, str]:
         """The sandbox variables a subprocess started here gets (each only when known)."""
         ctx = self._context()
-        module = ctx.module if ctx is not None else self._module
+        module = self._module  # the SDK holder is who runs the command, whatever request is active
         owner: Owner | None
         try:
             owner = session_owner(self._session)
@@ -330,7 +330,7 @@ class Tasks:
 
     def _check_cwd(self, cwd: str) -> None:
         ctx = self._context()
-        module = ctx.module if ctx is not None else self._module
+        module = self._module  # the SDK holder is who runs the command, whatever request is active
         allowed = self._runtime.allowed_paths(module)
         if allowed is None:
             return

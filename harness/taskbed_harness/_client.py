@@ -1,0 +1,155 @@
+"""The fake client: a user's connection in a test, with assertions that explain themselves."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from taskbed import Connection, ConnectionRegistry
+
+Message = dict[str, Any]
+
+
+def _kind(message: Message) -> str:
+    return next(iter(message))
+
+
+def _body(message: Message) -> dict[str, Any]:
+    body = next(iter(message.values()))
+    return body if isinstance(body, dict) else {"value": body}
+
+
+class ClientView:
+    """One user's client: what their connection received, and what they can send.
+
+    Every message is kept with the (virtual) time it arrived. ``expect`` and
+    ``expect_nothing`` consume messages in order, so a test reads like the conversation.
+
+    Methods:
+        expect(kind, *, within=None, **fields) -> dict: the next message is *kind* with those
+            body fields (camelCase, compared with ==); returns its body.
+        expect_nothing(within): no message arrives during *within* seconds of virtual time.
+        respond(task_id, response), cancel(task_id): send a client command as this user.
+        get(task_id) -> dict: ask for a snapshot of the task and return the reply message.
+        disconnect(), reconnect(): go offline (durable messages are kept) and come back.
+        messages, kinds, bodies(kind), timeline: what was received, over all connections.
+    """
+
+    def __init__(self, registry: ConnectionRegistry, user_id: Any, organization_id: Any) -> None:
+        self._registry = registry
+        self.user_id = user_id
+        self.organization_id = organization_id
+        self._connections: list[Connection] = [registry.connect(user_id, organization_id)]
+
+    @property
+    def connection(self) -> Connection:
+        return self._connections[-1]
+
+    @property
+    def online(self) -> bool:
+        return not self.connection.closed
+
+    # ------------------------------------------------------------ what was received
+
+    @property
+    def timeline(self) -> list[tuple[float, Message]]:
+        return [item for conn in self._connections for item in conn.received]
+
+    @property
+    def messages(self) -> list[Message]:
+        return [message for _, message in self.timeline]
+
+    @property
+    def kinds(self) -> list[str]:
+        return [_kind(m) for m in self.messages]
+
+    def bodies(self, kind: str) -> list[dict[str, Any]]:
+        return [_body(m) for m in self.messages if _kind(m) == kind]
+
+    def _transcript(self) -> str:
+        lines = [f"messages received by user {self.user_id!r} (org {self.organization_id!r}):"]
+        for index, (at, message) in enumerate(self.timeline):
+            lines.append(f"  [{index}] t={at:.6f} {_kind(message)} {json.dumps(_body(message))}")
+        if len(lines) == 1:
+            lines.append("  (none)")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------ assertions
+
+    async def expect(self, kind: str, /, *, within: float | None = None, **fields: Any) -> Any:
+        """Wait for the next unread message and check that it is *kind* with *fields*."""
+        if not self.online:
+            raise AssertionError("this client is disconnected; call reconnect() first")
+        try:
+            async with asyncio.timeout(within):
+                message = await self.connection.receive()
+        except TimeoutError:
+            raise AssertionError(
+                f"expected {kind} {fields or ''} within {within} s, but nothing arrived\n"
+                + self._transcript()
+            ) from None
+        body = _body(message)
+        wrong = {k: v for k, v in fields.items() if body.get(k, _MISSING) != v}
+        if _kind(message) != kind or wrong:
+            diff = "\n".join(
+                f"    {k}: expected {v!r}, got {body.get(k, '<missing>')!r}"
+                for k, v in wrong.items()
+            )
+            raise AssertionError(
+                f"expected {kind} with {fields}\n"
+                f"     got {_kind(message)} {json.dumps(body)}\n"
+                + (f"  differing fields:\n{diff}\n" if diff else "")
+                + self._transcript()
+            )
+        return body
+
+    async def expect_nothing(self, within: float) -> None:
+        """Let *within* seconds of virtual time pass; fail if any message arrives meanwhile."""
+        before = len(self.connection.unread)
+        await asyncio.sleep(within)
+        arrived = self.connection.unread[before:]
+        if arrived or before:
+            shown = "\n".join(
+                f"  {_kind(m)} {json.dumps(_body(m))}" for m in self.connection.unread
+            )
+            raise AssertionError(
+                f"expected no message within {within} s, but these are unread:\n{shown}"
+            )
+
+    # ------------------------------------------------------------ sending
+
+    async def respond(self, task_id: str, response: Any) -> None:
+        await self.connection.send(
+            {"backgroundTaskResponse": {"taskId": task_id, "response": response}}
+        )
+
+    async def cancel(self, task_id: str) -> None:
+        await self.connection.send({"backgroundTaskCancel": {"taskId": task_id}})
+
+    async def get(self, task_id: str) -> Message | None:
+        """Ask for the task's snapshot and return the reply (None for a task this user cannot see).
+
+        The reply also stays in the message stream, where ``expect`` will meet it.
+        """
+        before = len(self.connection.messages)
+        await self.connection.send({"backgroundTaskGet": {"taskId": task_id}})
+        return self.connection.messages[before] if len(self.connection.messages) > before else None
+
+    # ------------------------------------------------------------ presence
+
+    def disconnect(self) -> None:
+        self.connection.close()
+
+    def reconnect(self) -> Connection:
+        if self.online:
+            raise RuntimeError("this client is already connected")
+        self._connections.append(self._registry.connect(self.user_id, self.organization_id))
+        return self.connection
+
+    def __repr__(self) -> str:
+        who = f"user={self.user_id!r} org={self.organization_id!r}"
+        return f"<ClientView {who} {len(self.messages)} messages>"
+
+
+_MISSING = object()

@@ -1,0 +1,224 @@
+"""The Harness: the reference runtime wired to fakes, with everything a test needs in one object.
+
+It works without pytest (``async with Harness() as tb:`` on a virtual loop); the pytest
+fixtures are thin lifecycle adapters around it (prior art: respx's plugin).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any
+
+from taskbed import MemoryStore, ModuleSDK, SQLiteStore, TaskStore, serialize
+
+from ._client import ClientView
+from ._clock import VirtualClock, VirtualEventLoop
+from ._fake import FakeTaskManager, HarnessRuntime
+from ._processes import RecordedProcessRunner
+
+_UNSET: Any = object()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HarnessOptions:
+    """Options of a harness (``@pytest.mark.taskbed(...)`` takes the same keywords).
+
+    Attributes:
+        user, organization, module, session_key: who the default SDK and client are.
+        hold: hold every submission ``pending`` until ``tb.manager.release()``.
+        autojump: let virtual time jump to the next timer when the loop is idle.
+        record: cassette record mode: ``none`` (replay only), ``once``, ``new``, ``all``.
+        cassette: the cassette file (the pytest plugin names one per test).
+        assert_all_used: fail at teardown when a recorded or registered command went unused.
+        env_keys: environment variables that matter when matching recorded commands.
+        redact_keys: environment variables whose values never reach a cassette.
+        store: ``"memory"`` or ``"sqlite"`` (an in-memory SQLite database).
+    """
+
+    user: Any = 7
+    organization: Any = 10
+    module: str = "mod"
+    session_key: str | None = "session-1"
+    hold: bool = False
+    autojump: bool = True
+    record: str = "none"
+    cassette: str | os.PathLike[str] | None = None
+    assert_all_used: bool = True
+    env_keys: tuple[str, ...] = ()
+    redact_keys: tuple[str, ...] = ()
+    store: str = "memory"
+
+    def __post_init__(self) -> None:
+        if self.store not in ("memory", "sqlite"):
+            raise ValueError(f"store must be 'memory' or 'sqlite', got {self.store!r}")
+
+    @classmethod
+    def merged(cls, layers: Iterable[dict[str, Any]]) -> HarnessOptions:
+        """Options from keyword layers, later layers winning; an unknown keyword is an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for layer in layers:
+            unknown = sorted(set(layer) - known)
+            if unknown:
+                raise TypeError(
+                    f"unknown taskbed option(s) {unknown}; valid options: {sorted(known)} "
+                    "(see docs/guides/harness.md#options)"
+                )
+            values.update(layer)
+        for name in ("env_keys", "redact_keys"):
+            if name in values:
+                values[name] = tuple(values[name])
+        return cls(**values)
+
+
+class Harness:
+    """The reference runtime on fakes: virtual clock, fake task manager, recorded processes.
+
+    Attributes:
+        clock: the ``VirtualClock`` (``await tb.clock.advance(60)``).
+        runtime: the ``Runtime`` (reference rules, fake manager).
+        processes: the ``RecordedProcessRunner`` (``tb.processes.register([...], stdout=...)``).
+        manager: the running ``FakeTaskManager`` (hold, release, fail, answer, cancel).
+        options: the ``HarnessOptions`` in force.
+    """
+
+    def __init__(
+        self, options: HarnessOptions | None = None, *, clock: VirtualClock | None = None
+    ) -> None:
+        self.options = options if options is not None else HarnessOptions()
+        self._clock = clock
+        self.processes = RecordedProcessRunner(
+            self.options.cassette,
+            mode=self.options.record,
+            env_keys=self.options.env_keys,
+            redact_keys=self.options.redact_keys,
+        )
+        self.store: TaskStore = MemoryStore() if self.options.store == "memory" else SQLiteStore()
+        self._runtime: HarnessRuntime | None = None
+        self._clients: list[ClientView] = []
+
+    # ------------------------------------------------------------ life
+
+    @property
+    def clock(self) -> VirtualClock:
+        if self._clock is None:
+            raise RuntimeError("the harness is not started; use `async with Harness() as tb:`")
+        return self._clock
+
+    @property
+    def runtime(self) -> HarnessRuntime:
+        if self._runtime is None:
+            raise RuntimeError("the harness is not started; use `async with Harness() as tb:`")
+        return self._runtime
+
+    @property
+    def manager(self) -> FakeTaskManager:
+        return self.runtime.fake
+
+    async def start(self) -> None:
+        if self._clock is None:
+            loop = asyncio.get_running_loop()
+            if not isinstance(loop, VirtualEventLoop):
+                raise RuntimeError(
+                    "the taskbed harness needs its virtual-time event loop: run the test with "
+                    "the taskbed pytest fixtures, or the code with "
+                    "taskbed_harness.new_virtual_loop().run_until_complete(...) "
+                    "(see docs/guides/virtual-time.md)"
+                )
+            self._clock = loop.clock
+        self._clock.autojump = self.options.autojump
+        self._runtime = HarnessRuntime(
+            store=self.store, clock=self._clock, process_runner=self.processes
+        )
+        await self._runtime.start()
+        if self.options.hold:
+            self.manager.hold()
+
+    async def stop(self) -> None:
+        if self._runtime is not None:
+            await self._runtime.stop()
+        self.store.close()
+
+    async def __aenter__(self) -> Harness:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def check(self) -> None:
+        """The teardown checks: every recorded and registered command was used."""
+        if self.options.assert_all_used:
+            self.processes.assert_all_used()
+
+    # ------------------------------------------------------------ SDK objects
+
+    def session(
+        self, user: Any = _UNSET, organization: Any = _UNSET, session_key: Any = _UNSET
+    ) -> dict[str, Any]:
+        """A session dict for a user (the options' user and organization by default)."""
+        o = self.options
+        return {
+            "user": {
+                "id": o.user if user is _UNSET else user,
+                "organization_id": o.organization if organization is _UNSET else organization,
+            },
+            "session_key": o.session_key if session_key is _UNSET else session_key,
+        }
+
+    @asynccontextmanager
+    async def request(
+        self,
+        *,
+        user: Any = _UNSET,
+        organization: Any = _UNSET,
+        module: str | None = None,
+        request_id: str | None = "request-1",
+    ) -> AsyncIterator[ModuleSDK]:
+        """``async with tb.request() as sdk:``: one request of a user to a module."""
+        async with self.runtime.request(
+            session=self.session(user, organization),
+            module=module or self.options.module,
+            request_id=request_id,
+        ) as sdk:
+            yield sdk
+
+    def sdk(
+        self, *, user: Any = _UNSET, organization: Any = _UNSET, module: str | None = None
+    ) -> ModuleSDK:
+        """A module SDK outside any request (its tasks get a synthetic request context)."""
+        return self.runtime.sdk(
+            session=self.session(user, organization), module=module or self.options.module
+        )
+
+    def client(self, *, user: Any = _UNSET, organization: Any = _UNSET) -> ClientView:
+        """Connect a client of a user (the options' user by default)."""
+        o = self.options
+        view = ClientView(
+            self.runtime.channel,
+            o.user if user is _UNSET else user,
+            o.organization if organization is _UNSET else organization,
+        )
+        self._clients.append(view)
+        return view
+
+    async def wait(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Wait (in virtual time) until the task is terminal; its serialized row."""
+        return await self.runtime.wait(task_id, timeout)
+
+    def row(self, task_id: str) -> dict[str, Any]:
+        """The task's serialized row as it is now."""
+        record = self.store.get(task_id)
+        if record is None:
+            raise LookupError(f"no task with id {task_id!r}")
+        return serialize(record)

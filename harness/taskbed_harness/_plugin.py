@@ -1,0 +1,162 @@
+"""The taskbed pytest plugin (entry point ``pytest11: taskbed``).
+
+A lifecycle adapter around ``Harness``: all behaviour lives in objects that also work without
+pytest. Imports stay light: this module is loaded in every pytest session of an environment
+that has ``taskbed[harness]``, so the harness itself is imported only when a test asks for it.
+
+What it adds:
+
+* fixtures ``taskbed`` (the whole ``Harness``), and one per part: ``taskbed_clock``,
+  ``taskbed_client``, ``taskbed_manager``, ``taskbed_processes``, ``taskbed_sdk``;
+* the marker ``@pytest.mark.taskbed(**options)`` (keyword-only; the closest marker wins per
+  option; an unknown option fails the test);
+* the options ``--taskbed-record=MODE`` (cassette record mode, overrides markers);
+* a fresh virtual-time event loop for every test that uses a taskbed fixture, through
+  pytest-asyncio's ``pytest_asyncio_loop_factories`` hook; other tests keep the default loop;
+* teardown checks (unused recorded commands) whose messages link to the docs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import pytest_asyncio
+
+if TYPE_CHECKING:
+    from taskbed import ModuleSDK
+
+    from ._client import ClientView
+    from ._clock import VirtualClock
+    from ._fake import FakeTaskManager
+    from ._harness import Harness
+    from ._processes import RecordedProcessRunner
+
+FIXTURE = "taskbed"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("taskbed", "taskbed harness")
+    group.addoption(
+        "--taskbed-record",
+        dest="taskbed_record",
+        default=None,
+        metavar="MODE",
+        help="record mode for subprocess cassettes: none (replay only, the default), once, "
+        "new, all. Overrides @pytest.mark.taskbed(record=...).",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "taskbed(**options): options of the taskbed harness for this test, e.g. "
+        "@pytest.mark.taskbed(user=7, organization=10, hold=True, record='once'); "
+        "see taskbed_harness.HarnessOptions",
+    )
+    mode = config.getoption("taskbed_record")
+    if mode is None:
+        return
+    from ._processes import RECORD_MODES
+
+    if mode not in RECORD_MODES:
+        raise pytest.UsageError(
+            f"--taskbed-record={mode!r} is not a record mode; use one of "
+            f"{', '.join(RECORD_MODES)} (e.g. --taskbed-record=once)"
+        )
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Tests that use a taskbed fixture run on a fresh virtual-time loop; others as before."""
+    if FIXTURE in getattr(item, "fixturenames", ()):
+        from ._clock import new_virtual_loop
+
+        return {"taskbed": new_virtual_loop}
+    return {"asyncio": asyncio.new_event_loop}
+
+
+def _cassette_path(node: pytest.Item) -> Path:
+    path = Path(str(node.path))
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", node.name).strip("_")
+    return path.parent / "cassettes" / path.stem / f"{name}.json"
+
+
+def _options(node: pytest.Item) -> Any:
+    from ._harness import HarnessOptions
+
+    layers: list[dict[str, Any]] = []
+    for marker in reversed(list(node.iter_markers("taskbed"))):  # farthest first
+        if marker.args:
+            raise TypeError(
+                "@pytest.mark.taskbed takes keyword options only, e.g. "
+                f"@pytest.mark.taskbed(hold=True); got positional {marker.args!r}"
+            )
+        layers.append(dict(marker.kwargs))
+    defaults: dict[str, Any] = {"cassette": _cassette_path(node)}
+    cli_mode = node.config.getoption("taskbed_record")
+    overrides = {"record": cli_mode} if cli_mode is not None else {}
+    return HarnessOptions.merged([defaults, *layers, overrides])
+
+
+@pytest_asyncio.fixture
+async def taskbed(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    """The whole harness: the reference runtime on a virtual clock, with fakes.
+
+    Attributes and methods (see ``taskbed_harness.Harness``):
+        clock: virtual time (``await taskbed.clock.advance(60)``).
+        manager: the fake task manager (``hold()``, ``release()``, ``fail_next()``,
+            ``answer()``, ``cancel()``, ``submissions``).
+        processes: recorded subprocesses (``register(argv, stdout=...)``, cassettes).
+        request(user=, organization=, module=) -> async context manager yielding the SDK.
+        sdk(...), client(user=, organization=), wait(task_id), row(task_id), session(...).
+
+    Teardown: the runtime stops (running tasks end ``interrupted``), then every recorded or
+    registered command must have been used (opt out per test with
+    ``@pytest.mark.taskbed(assert_all_used=False)``, or per command with ``optional=True``).
+    """
+    from ._harness import Harness
+
+    harness = Harness(_options(request.node))
+    await harness.start()
+    try:
+        yield harness
+    finally:
+        await harness.stop()
+    harness.check()
+
+
+@pytest.fixture
+def taskbed_clock(taskbed: Harness) -> VirtualClock:
+    """The virtual clock of this test (``advance``, ``autojump_disabled()``, ``now()``)."""
+    return taskbed.clock
+
+
+@pytest.fixture
+def taskbed_client(taskbed: Harness) -> ClientView:
+    """A connected client of the default user (``expect``, ``respond``, ``cancel``, ...)."""
+    return taskbed.client()
+
+
+@pytest.fixture
+def taskbed_manager(taskbed: Harness) -> FakeTaskManager:
+    """The fake task manager: hold, release, fail, answer, cancel, submissions."""
+    return taskbed.manager
+
+
+@pytest.fixture
+def taskbed_processes(taskbed: Harness) -> RecordedProcessRunner:
+    """The recorded subprocess runner (``register(...)``, cassettes, ``calls``)."""
+    return taskbed.processes
+
+
+@pytest.fixture
+def taskbed_sdk(taskbed: Harness) -> ModuleSDK:
+    """A module SDK of the default user and module, outside any request."""
+    return taskbed.sdk()
