@@ -329,8 +329,7 @@ class Tasks:
         return {k: str(v) for k, v in values.items() if v is not None}
 
     def _check_cwd(self, cwd: str) -> None:
-        ctx = self._context()
-        module = self._module  # the SDK holder is who runs the command, whatever request is active
+        module = self._module  # the SDK holder runs the command, whatever request is active
         allowed = self._runtime.allowed_paths(module)
         if allowed is None:
             return
