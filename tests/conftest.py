@@ -12,6 +12,7 @@ import pytest
 import pytest_asyncio
 
 from taskbed import MemoryStore, ModuleSDK, Runtime, SQLiteStore, TaskStore
+from taskbed_harness import HarnessRuntime
 
 sys.path.insert(0, str(Path(__file__).parent))  # so tests can `from rules import RULES`
 
@@ -29,10 +30,16 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> TaskStore:
     return SQLiteStore(tmp_path / "tasks.db")
 
 
+@pytest.fixture(params=["reference", "fake"])
+def runtime_class(request: pytest.FixtureRequest) -> type[Runtime]:
+    """The reference task manager, and the harness's fake one: both obey every rule."""
+    return Runtime if request.param == "reference" else HarnessRuntime
+
+
 @pytest_asyncio.fixture
-async def rt(store: TaskStore) -> AsyncIterator[Runtime]:
+async def rt(store: TaskStore, runtime_class: type[Runtime]) -> AsyncIterator[Runtime]:
     """A started runtime over the store; stopped (and its store closed) after the test."""
-    async with Runtime(store=store) as runtime:
+    async with runtime_class(store=store) as runtime:
         yield runtime
     store.close()
 

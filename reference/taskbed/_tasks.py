@@ -43,6 +43,32 @@ T = TypeVar("T")
 SANDBOX_PREFIX = "MODULE_SDK_"
 
 
+# (the raw os.environ it was decoded from, that environment less the sandbox variables)
+_environ_seen: tuple[dict[bytes, bytes], dict[str, str]] | None = None
+
+
+def _parent_environment() -> dict[str, str]:
+    """A fresh copy of ``os.environ`` without sandbox variables.
+
+    Decoding ``os.environ`` costs more than the rest of ``run_subprocess``'s own work
+    (benchmarks/bench_subprocess.py), so the decoded copy is kept while the raw environment
+    compares equal to the one it was decoded from. Decoded as ``os.environ`` decodes.
+    """
+    global _environ_seen  # noqa: PLW0603 - a one-entry cache
+    raw = getattr(os.environ, "_data", None)
+    if os.name != "posix" or not isinstance(raw, dict):
+        return {k: v for k, v in os.environ.items() if not k.startswith(SANDBOX_PREFIX)}
+    seen = _environ_seen
+    if seen is None or seen[0] != raw:
+        snapshot = dict(raw)
+        decoded = {os.fsdecode(k): os.fsdecode(v) for k, v in snapshot.items()}
+        seen = _environ_seen = (
+            snapshot,
+            {k: v for k, v in decoded.items() if not k.startswith(SANDBOX_PREFIX)},
+        )
+    return dict(seen[1])
+
+
 def session_owner(session: object) -> Owner:
     """The owner a session stands for, or MissingUserError (OWN-1)."""
     if not isinstance(session, dict):
@@ -297,11 +323,9 @@ class Tasks:
                 f"env must be a dict of str to str, got {env!r}; write env={{'NAME': 'value'}} "
                 + see("commands", "CMD-7")
             )
-        merged = {
-            k: v
-            for k, v in {**os.environ, **(env or {})}.items()
-            if not k.startswith(SANDBOX_PREFIX)
-        }
+        merged = _parent_environment()
+        if env:
+            merged.update((k, v) for k, v in env.items() if not k.startswith(SANDBOX_PREFIX))
         merged.update(self.sandbox_variables())
         return merged
 
