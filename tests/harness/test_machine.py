@@ -14,10 +14,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import invariant, precondition, rule
 
+from rules import RULES
 from taskbed import ACTIVE, TERMINAL
 from taskbed_harness.strategies import TaskbedMachine, organization_ids, task_keys
-
-from rules import RULES
 
 assert {"DEDUP-1", "DEDUP-2", "DEDUP-3", "BG-11"} <= set(RULES)
 
