@@ -6,7 +6,8 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
 async def _demo(db: str | None) -> int:
@@ -48,6 +49,105 @@ async def _demo(db: str | None) -> int:
     return 0 if row["status"] == "completed" else 1
 
 
+def _load_factory(spec: str) -> Callable[[], Any]:
+    import importlib
+
+    from ._adapters import Implementation
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise SystemExit(
+            f"taskbed conform: --impl takes 'package.module:factory', got {spec!r} "
+            "(see docs/guides/conformance.md)"
+        )
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise SystemExit(f"taskbed conform: cannot load --impl {spec!r}: {exc}") from None
+    if not callable(factory):
+        raise SystemExit(f"taskbed conform: --impl {spec!r} is not callable")
+
+    def checked() -> Any:
+        impl = factory()
+        if not isinstance(impl, Implementation):
+            needed = [n for n in dir(Implementation) if not n.startswith("_")]
+            missing = [n for n in needed if not hasattr(impl, n)]
+            raise TypeError(
+                f"{spec}() returned {impl!r}, which lacks {missing} of the adapter Protocol "
+                "taskbed_harness.Implementation (see docs/guides/conformance.md)"
+            )
+        return impl
+
+    return checked
+
+
+def _conform(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ._report import RENDERERS, failed_must
+    from ._spec import load_rules, rules_index, select
+
+    rules = select(load_rules(Path(args.specs) if args.specs else None), args.rules)
+    if not rules:
+        print(f"taskbed conform: no rule matches {args.rules}", file=sys.stderr)
+        return 2
+    if args.list:
+        for rule in rules:
+            print(f"{rule.id:<10} {rule.level:<7} {rule.title}")
+        return 0
+    if args.index:
+        Path(args.index).write_text(rules_index(rules), encoding="utf-8")
+        print(f"wrote {len(rules)} rules to {args.index}")
+        return 0
+    factory = _load_factory(args.impl)
+    name = getattr(factory(), "name", args.impl)
+    results = _run_with_progress(rules, factory, name)
+    text = RENDERERS[args.format](results, name)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {args.format} report to {args.output}", file=sys.stderr)
+    elif args.format == "table":
+        _print_table(results, name)
+    else:
+        sys.stdout.write(text)
+    return 1 if failed_must(results) else 0
+
+
+def _run_with_progress(rules: list[Any], factory: Callable[[], Any], name: str) -> list[Any]:
+    from ._conform import run_suite
+
+    if not sys.stderr.isatty():
+        return run_suite(rules, factory)
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        job = bar.add_task(f"judging {name}", total=len(rules))
+        return run_suite(rules, factory, progress=lambda r: bar.update(job, advance=1))
+
+
+def _print_table(results: list[Any], name: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ._report import summary_line
+
+    style = {"pass": "green", "fail": "bold red", "skipped": "yellow", "deviation": "cyan"}
+    table = Table(title=f"taskbed conformance: {name}", title_justify="left")
+    for column in ("rule", "level", "title", "outcome"):
+        table.add_column(column, no_wrap=column != "title")
+    for r in results:
+        outcome = f"[{style[r.outcome.value]}]{r.outcome.value}[/]"
+        if r.reason:
+            outcome += f"\n{r.reason}"
+        table.add_row(r.rule.id, r.rule.level, r.rule.title, outcome)
+    console = Console(width=max(100, Console().width))
+    console.print(table)
+    wall = sum(r.wall for r in results)
+    virtual = sum(r.virtual for r in results)
+    console.print(summary_line(results))
+    console.print(f"{wall:.2f} s wall for {virtual:.0f} s of virtual time")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="taskbed",
@@ -56,9 +156,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="run a short job on the reference runtime")
     demo.add_argument("--db", help="a SQLite file to persist tasks in (default: in memory)")
+    conform = commands.add_parser(
+        "conform",
+        help="judge an implementation rule by rule against the executable spec",
+        description="Run the spec pages as a conformance suite. Exit status 1 when a MUST "
+        "rule fails.",
+    )
+    conform.add_argument(
+        "--impl",
+        default="taskbed_harness._adapters:reference",
+        help="the adapter factory, 'package.module:factory' (default: the reference runtime; "
+        "taskbed_harness._adapters:fake judges the harness's fake task manager)",
+    )
+    conform.add_argument(
+        "--rules", action="append", metavar="PATTERN", help="only rules matching, e.g. 'DEDUP-*'"
+    )
+    conform.add_argument(
+        "--format", choices=("table", "json", "junit", "markdown"), default="table"
+    )
+    conform.add_argument("--output", "-o", metavar="FILE", help="write the report to FILE")
+    conform.add_argument("--specs", metavar="DIR", help="read spec pages from DIR")
+    conform.add_argument("--list", action="store_true", help="list the rules and exit")
+    conform.add_argument("--index", metavar="FILE", help="write the rules index (rules.json)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         return asyncio.run(_demo(args.db))
+    if args.command == "conform":
+        return _conform(args)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse exits
     return 2  # pragma: no cover
 

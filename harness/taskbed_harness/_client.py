@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
-
-from taskbed import Connection, ConnectionRegistry
+import math
+from collections.abc import Callable
+from typing import Any, Protocol
 
 Message = dict[str, Any]
+
+
+class ClientConnection(Protocol):
+    """What a client connection of any implementation offers (the reference: ``Connection``)."""
+
+    messages: list[Message]
+    closed: bool
+
+    async def receive(self) -> Message: ...
+
+    async def send(self, message: Message) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def _kind(message: Message) -> str:
@@ -36,14 +49,22 @@ class ClientView:
         messages, kinds, bodies(kind), timeline: what was received, over all connections.
     """
 
-    def __init__(self, registry: ConnectionRegistry, user_id: Any, organization_id: Any) -> None:
-        self._registry = registry
+    def __init__(
+        self, connect: Callable[[Any, Any], ClientConnection], user_id: Any, organization_id: Any
+    ) -> None:
+        self._connect = connect
         self.user_id = user_id
         self.organization_id = organization_id
-        self._connections: list[Connection] = [registry.connect(user_id, organization_id)]
+        self._connections: list[ClientConnection] = []
+        self._read = 0  # messages of the current connection that expect() has consumed
+        self._open()
+
+    def _open(self) -> None:
+        self._connections.append(self._connect(self.user_id, self.organization_id))
+        self._read = 0
 
     @property
-    def connection(self) -> Connection:
+    def connection(self) -> ClientConnection:
         return self._connections[-1]
 
     @property
@@ -54,7 +75,17 @@ class ClientView:
 
     @property
     def timeline(self) -> list[tuple[float, Message]]:
-        return [item for conn in self._connections for item in conn.received]
+        """``(time, message)`` pairs; the time is NaN where the connection keeps no times."""
+        items: list[tuple[float, Message]] = []
+        for conn in self._connections:
+            stamped = getattr(conn, "received", None)
+            items.extend(stamped if stamped is not None else ((math.nan, m) for m in conn.messages))
+        return items
+
+    @property
+    def unread(self) -> list[Message]:
+        """Messages of the current connection that ``expect`` has not consumed yet."""
+        return self.connection.messages[self._read :]
 
     @property
     def messages(self) -> list[Message]:
@@ -84,6 +115,7 @@ class ClientView:
         try:
             async with asyncio.timeout(within):
                 message = await self.connection.receive()
+            self._read += 1
         except TimeoutError:
             raise AssertionError(
                 f"expected {kind} {fields or ''} within {within} s, but nothing arrived\n"
@@ -106,13 +138,9 @@ class ClientView:
 
     async def expect_nothing(self, within: float) -> None:
         """Let *within* seconds of virtual time pass; fail if any message arrives meanwhile."""
-        before = len(self.connection.unread)
         await asyncio.sleep(within)
-        arrived = self.connection.unread[before:]
-        if arrived or before:
-            shown = "\n".join(
-                f"  {_kind(m)} {json.dumps(_body(m))}" for m in self.connection.unread
-            )
+        if self.unread:
+            shown = "\n".join(f"  {_kind(m)} {json.dumps(_body(m))}" for m in self.unread)
             raise AssertionError(
                 f"expected no message within {within} s, but these are unread:\n{shown}"
             )
@@ -141,10 +169,10 @@ class ClientView:
     def disconnect(self) -> None:
         self.connection.close()
 
-    def reconnect(self) -> Connection:
+    def reconnect(self) -> ClientConnection:
         if self.online:
             raise RuntimeError("this client is already connected")
-        self._connections.append(self._registry.connect(self.user_id, self.organization_id))
+        self._open()
         return self.connection
 
     def __repr__(self) -> str:

@@ -205,7 +205,7 @@ class Harness:
         """Connect a client of a user (the options' user by default)."""
         o = self.options
         view = ClientView(
-            self.runtime.channel,
+            self.runtime.connect,
             o.user if user is _UNSET else user,
             o.organization if organization is _UNSET else organization,
         )

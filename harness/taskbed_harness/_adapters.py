@@ -1,0 +1,221 @@
+"""How an implementation plugs into the conformance suite: one small adapter Protocol.
+
+An implementer writes a factory returning an object with this shape and runs
+``taskbed conform --impl their_package.adapter:make``. The suite calls the factory once per
+rule (a fresh implementation every time), on a fresh virtual-time event loop.
+
+The reference runtime and the harness's fake task manager are adapted here, so the suite
+judges both the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol, runtime_checkable
+
+from taskbed import Runtime, SQLiteStore
+
+from ._client import ClientConnection
+from ._fake import HarnessRuntime
+
+#: Every capability a rule may require. An adapter declares the ones it supports; rules that
+#: need others are reported as skipped, not failed.
+CAPABILITIES: Mapping[str, str] = {
+    "registered_tasks": "run_background accepts names registered with register_task",
+    "modules": "register_module declares a module's sandbox access rules",
+    "processes": "run_subprocess starts real OS processes (POSIX: sh, echo, sleep, env)",
+    "restart": "restart(crash=...) replaces the runtime by a new one over the same store",
+}
+
+#: The reference's sandbox variable names; an adapter maps them to its implementation's names.
+SANDBOX_VARIABLES = (
+    "MODULE_SDK_MODULE",
+    "MODULE_SDK_SUBJECT_KIND",
+    "MODULE_SDK_ACCESS",
+    "MODULE_SDK_USER_ID",
+    "MODULE_SDK_ORGANIZATION_ID",
+    "MODULE_SDK_SESSION_KEY",
+    "MODULE_SDK_REQUEST_ID",
+)
+
+
+@runtime_checkable
+class Implementation(Protocol):
+    """The adapter an implementation of ``module_sdk.tasks`` provides to the suite.
+
+    Attributes:
+        name: shown in reports.
+        capabilities: which of ``CAPABILITIES`` it supports.
+        sandbox_names: reference sandbox variable name -> this implementation's name.
+        deviations: rule ID -> why this implementation knowingly differs. Such a rule still
+            runs; a failure is reported as a known deviation instead of a failure.
+    """
+
+    name: str
+    capabilities: frozenset[str]
+    sandbox_names: Mapping[str, str]
+    deviations: Mapping[str, str]
+
+    async def start(self) -> None:
+        """Start the task manager (on the running loop)."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop it; tasks still running end ``interrupted``."""
+        ...
+
+    def request(
+        self, *, session: dict[str, Any], module: str, request_id: str | None
+    ) -> AbstractAsyncContextManager[Any]:
+        """A block running as one request; yields the module SDK (``.tasks``, ``.ui``)."""
+        ...
+
+    def sdk(self, *, session: dict[str, Any], module: str) -> Any:
+        """A module SDK outside any request."""
+        ...
+
+    def connect(self, user_id: Any, organization_id: Any = None) -> ClientConnection:
+        """A client connection of a user: ``messages``, ``receive()``, ``send()``, ``close()``."""
+        ...
+
+    async def wait(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Wait until the task is terminal; its serialized row."""
+        ...
+
+    def register_task(self, name: str, func: Callable[..., Any]) -> None: ...
+
+    def register_module(self, name: str, access: list[dict[str, Any]]) -> None: ...
+
+    async def restart(self, *, crash: bool = False) -> None:
+        """Replace the runtime by a new one over the same persisted store (``restart``).
+
+        With ``crash=True`` the old runtime vanishes as a killed process would: nothing more
+        is written for its tasks and its lease is left to expire.
+        """
+        ...
+
+
+class ReferenceImplementation:
+    """The reference runtime as a conformance adapter (``taskbed conform`` by default).
+
+    Each instance owns a SQLite file in a temporary directory, so restart and recovery are
+    real; timestamps follow the loop's virtual clock when there is one.
+    """
+
+    name = "reference"
+    capabilities = frozenset(CAPABILITIES)
+    sandbox_names: Mapping[str, str] = {name: name for name in SANDBOX_VARIABLES}
+    deviations: Mapping[str, str] = {}
+    runtime_class: type[Runtime] = Runtime
+
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="taskbed-conform-")
+        self._path = os.path.join(self._dir.name, "tasks.db")
+        self._registered: dict[str, Callable[..., Any]] = {}
+        self._modules: dict[str, list[dict[str, Any]]] = {}
+        self._abandoned: list[Runtime] = []
+        self.runtime = self._new_runtime()
+
+    def _new_runtime(self) -> Runtime:
+        clock = None
+        with contextlib.suppress(RuntimeError):  # on a virtual loop, timestamps are virtual
+            clock = getattr(asyncio.get_running_loop(), "clock", None)
+        runtime = self.runtime_class(store=SQLiteStore(self._path), clock=clock)
+        for name, func in self._registered.items():
+            runtime.register_task(name, func)
+        for name, access in self._modules.items():
+            runtime.register_module(name, access)
+        return runtime
+
+    async def start(self) -> None:
+        await self.runtime.start()
+
+    async def stop(self) -> None:
+        await self.runtime.stop()
+        self.runtime.store.close()
+        for old in self._abandoned:
+            await _discard(old)
+        self._dir.cleanup()
+
+    def request(
+        self, *, session: dict[str, Any], module: str, request_id: str | None
+    ) -> AbstractAsyncContextManager[Any]:
+        return self.runtime.request(session=session, module=module, request_id=request_id)
+
+    def sdk(self, *, session: dict[str, Any], module: str) -> Any:
+        return self.runtime.sdk(session=session, module=module)
+
+    def connect(self, user_id: Any, organization_id: Any = None) -> ClientConnection:
+        return self.runtime.connect(user_id, organization_id)
+
+    async def wait(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
+        return await self.runtime.wait(task_id, timeout)
+
+    def register_task(self, name: str, func: Callable[..., Any]) -> None:
+        self._registered[name] = func
+        self.runtime.register_task(name, func)
+
+    def register_module(self, name: str, access: list[dict[str, Any]]) -> None:
+        self._modules[name] = access
+        self.runtime.register_module(name, access)
+
+    async def restart(self, *, crash: bool = False) -> None:
+        old = self.runtime
+        if crash:
+            _freeze(old)
+            self._abandoned.append(old)
+        else:
+            await old.stop()
+            old.store.close()
+        self.runtime = self._new_runtime()
+        await self.runtime.start()
+
+
+class FakeImplementation(ReferenceImplementation):
+    """The harness's fake task manager as a conformance adapter: it must pass the same rules."""
+
+    name = "fake"
+    runtime_class = HarnessRuntime
+
+
+def _freeze(runtime: Runtime) -> None:
+    """Make *runtime* vanish as a killed process would: it writes nothing more, ever."""
+    manager = runtime.manager
+    if manager is not None and manager._heartbeat is not None:
+        manager._heartbeat.cancel()
+    runtime.store.close()  # later writes of its tasks go nowhere, as after SIGKILL
+
+
+async def _discard(runtime: Runtime) -> None:
+    """Cancel what a frozen runtime still runs, without letting it report anything."""
+    logger = logging.getLogger("taskbed")
+    previous = logger.disabled
+    logger.disabled = True  # its writes fail against the closed store; that is the point
+    try:
+        runtime.channel.handler = None
+        manager = runtime.manager
+        if manager is not None:
+            for local in list(manager._local.values()):
+                if local.task is not None:
+                    local.task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await local.task
+        runtime.pool.shutdown()
+    finally:
+        logger.disabled = previous
+
+
+def reference() -> Implementation:
+    """The default ``--impl``: the reference runtime."""
+    return ReferenceImplementation()
+
+
+def fake() -> Implementation:
+    """``--impl taskbed_harness:fake``: the harness's fake task manager."""
+    return FakeImplementation()

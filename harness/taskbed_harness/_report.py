@@ -1,0 +1,117 @@
+"""Conformance reports: terminal table, JSON, JUnit XML, Markdown."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+from xml.etree import ElementTree as ET
+
+from ._conform import Outcome, Result
+
+FORMATS = ("table", "json", "junit", "markdown")
+
+
+def totals(results: Sequence[Result]) -> dict[str, dict[str, int]]:
+    """Outcome counts per level: ``{"MUST": {"pass": 40, "fail": 0, ...}, "SHOULD": {...}}``."""
+    counts: dict[str, Counter[str]] = {"MUST": Counter(), "SHOULD": Counter()}
+    for r in results:
+        counts.setdefault(r.rule.level, Counter())[r.outcome.value] += 1
+    return {level: {o.value: c[o.value] for o in Outcome} for level, c in counts.items()}
+
+
+def failed_must(results: Sequence[Result]) -> list[Result]:
+    return [r for r in results if r.rule.level == "MUST" and r.outcome is Outcome.FAIL]
+
+
+def summary_line(results: Sequence[Result]) -> str:
+    t = totals(results)
+    parts = []
+    for level in ("MUST", "SHOULD"):
+        c = t.get(level, {})
+        parts.append(
+            f"{level}: {c.get('pass', 0)} passed, {c.get('fail', 0)} failed, "
+            f"{c.get('skipped', 0)} skipped, {c.get('deviation', 0)} known deviations"
+        )
+    return "; ".join(parts)
+
+
+def to_json(results: Sequence[Result], implementation: str) -> str:
+    wall = sum(r.wall for r in results)
+    virtual = sum(r.virtual for r in results)
+    payload: dict[str, Any] = {
+        "implementation": implementation,
+        "totals": totals(results),
+        "wall_seconds": round(wall, 3),
+        "virtual_seconds": round(virtual, 3),
+        "results": [r.as_json() for r in results],
+    }
+    return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
+
+
+def to_junit(results: Sequence[Result], implementation: str) -> str:
+    suite = ET.Element(
+        "testsuite",
+        name=f"taskbed conformance: {implementation}",
+        tests=str(len(results)),
+        failures=str(sum(r.outcome is Outcome.FAIL for r in results)),
+        skipped=str(sum(r.outcome in (Outcome.SKIPPED, Outcome.DEVIATION) for r in results)),
+        time=f"{sum(r.wall for r in results):.3f}",
+    )
+    for r in results:
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            classname=f"{r.rule.page.stem}.{r.rule.level}",
+            name=f"{r.rule.id} {r.rule.title}",
+            time=f"{r.wall:.3f}",
+        )
+        if r.outcome is Outcome.FAIL:
+            ET.SubElement(case, "failure", message=r.reason).text = r.reason
+        elif r.outcome is Outcome.SKIPPED:
+            ET.SubElement(case, "skipped", message=r.reason)
+        elif r.outcome is Outcome.DEVIATION:
+            ET.SubElement(case, "skipped", message=f"known deviation: {r.reason}")
+    ET.indent(suite)
+    return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(results: Sequence[Result], implementation: str) -> str:
+    lines = [
+        f"### {implementation}",
+        "",
+        f"{summary_line(results)}.",
+        "",
+        "| rule | level | title | outcome | reason |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results:
+        link = f"[{r.rule.id}](../specs/{r.rule.page.name}#{r.rule.id})"
+        lines.append(
+            f"| {link} | {r.rule.level} | {_md(r.rule.title)} | {r.outcome.value} | "
+            f"{_md(r.reason)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def to_table(results: Sequence[Result], implementation: str) -> str:
+    """A plain-text table (``rich`` renders a nicer one in a terminal; see the CLI)."""
+    width = max((len(r.rule.title) for r in results), default=5)
+    width = min(width, 60)
+    lines = [f"taskbed conformance: {implementation}", ""]
+    lines.append(f"{'rule':<10} {'level':<7} {'title':<{width}} outcome")
+    for r in results:
+        title = r.rule.title if len(r.rule.title) <= width else r.rule.title[: width - 1] + "…"
+        lines.append(f"{r.rule.id:<10} {r.rule.level:<7} {title:<{width}} {r.outcome.value}")
+        if r.reason and r.outcome is not Outcome.PASS:
+            lines.append(f"{'':<19}  -> {r.reason}")
+    lines += ["", summary_line(results)]
+    return "\n".join(lines) + "\n"
+
+
+RENDERERS = {"table": to_table, "json": to_json, "junit": to_junit, "markdown": to_markdown}
