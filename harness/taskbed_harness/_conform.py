@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import enum
 import inspect
+import re
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -44,7 +45,7 @@ DEFAULT_USER, DEFAULT_ORG, DEFAULT_MODULE, DEFAULT_REQUEST = 7, 10, "mod", "req-
 
 
 class Outcome(enum.StrEnum):
-    PASS = "pass"
+    PASS = "pass"  # noqa: S105 - an outcome, not a password
     FAIL = "fail"
     SKIPPED = "skipped"
     DEVIATION = "deviation"
@@ -88,8 +89,6 @@ class raises:
         self, exc_type: type[BaseException] | None, exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:  # fmt: skip
-        import re
-
         if exc is None:
             raise AssertionError(f"expected {self.expected} to be raised, nothing was")
         if not isinstance(exc, self.expected):

@@ -24,6 +24,7 @@ Other fences (``pycon``, ``text``, ...) are prose, never run.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import re
 from collections.abc import Iterable
@@ -105,7 +106,7 @@ def spec_dir() -> Path:
     )
 
 
-def parse_page(path: Path) -> Page:
+def parse_page(path: Path) -> Page:  # noqa: PLR0912, PLR0915 - one pass over the lines
     """Parse one spec page; raise SpecError naming the line of any format problem."""
     lines = path.read_text(encoding="utf-8").splitlines()
     title = ""
@@ -212,8 +213,6 @@ def load_rules(directory: Path | None = None) -> list[Rule]:
 
 def select(rules: Iterable[Rule], patterns: Iterable[str] | None) -> list[Rule]:
     """The rules whose ID matches one of the glob *patterns* (``DEDUP-*``); all for None."""
-    import fnmatch
-
     chosen = list(rules)
     if not patterns:
         return chosen
