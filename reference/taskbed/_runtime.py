@@ -29,7 +29,7 @@ class ModuleSDK:
     def __init__(self, runtime: Runtime, session: dict[str, Any], module: str) -> None:
         self.session = session
         self.module_name = module
-        self.tasks = Tasks(runtime, session, module)
+        self.tasks = runtime.tasks_class(runtime, session, module)
 
     def __repr__(self) -> str:
         return f"<ModuleSDK module={self.module_name!r}>"
@@ -53,6 +53,10 @@ class Runtime:
 
     #: The task manager class; the harness's runtime swaps in a subclass with test controls.
     manager_class: type[TaskManager] = TaskManager
+    #: The SDK object and its ``tasks`` facade (seams for adapters and deliberately broken
+    #: implementations in the conformance suite's own tests).
+    sdk_class: type[ModuleSDK] = ModuleSDK
+    tasks_class: type[Tasks] = Tasks
 
     def __init__(
         self,
@@ -111,7 +115,7 @@ class Runtime:
 
     def sdk(self, *, session: dict[str, Any], module: str) -> ModuleSDK:
         """A module SDK for a session, outside any request (tasks get a synthetic context)."""
-        return ModuleSDK(self, session, module)
+        return self.sdk_class(self, session, module)
 
     @asynccontextmanager
     async def request(
@@ -135,7 +139,7 @@ class Runtime:
         ctx = RequestContext(request_id, user_id, org_id, module, None if key is None else str(key))
         token = set_request(ctx)
         try:
-            yield ModuleSDK(self, session, module)
+            yield self.sdk_class(self, session, module)
         finally:
             reset_request(token)
 

@@ -85,6 +85,15 @@ _FIELDS = frozenset(
 )
 
 
+def _dump(value: object) -> str:
+    """``json.dumps``, skipping the encoder for what a new task holds (None, {})."""
+    if value is None:
+        return "null"
+    if type(value) is dict and not value:
+        return "{}"
+    return json.dumps(value)
+
+
 def _load(text: str) -> Any:
     """``json.loads``, skipping the decoder for what most rows hold (null, {}, small ints)."""
     if text == "null":
@@ -176,7 +185,7 @@ class SQLiteStore:
             if not changes:  # update(task_id, {}) changes nothing (and "SET  WHERE" is invalid)
                 continue
             names = tuple(changes)
-            values = [json.dumps(changes[n]) if n in _JSON_FIELDS else changes[n] for n in names]
+            values = [_dump(changes[n]) if n in _JSON_FIELDS else changes[n] for n in names]
             by_columns.setdefault(names, []).append((*values, task_id))
         for names, rows in by_columns.items():
             assignments = ", ".join(f"{n} = ?" for n in names)
@@ -206,7 +215,7 @@ class SQLiteStore:
         row = (
             record.id, scope(record.user_id), scope(record.organization_id), record.module,
             record.label, record.task_key, record.status, record.progress,
-            json.dumps(record.checkpoint), json.dumps(record.result), record.error,
+            _dump(record.checkpoint), _dump(record.result), record.error,
             record.created_at, record.updated_at, record.runner_id,
         )  # fmt: skip
         with self._lock, self._transaction():
@@ -338,6 +347,9 @@ class SQLiteStore:
 
     def release(self, runtime_id: str) -> None:
         with self._lock:
+            # What the runtime buffered (its tasks' last statuses and messages) is written
+            # before its lease goes: after that, recovery may treat its tasks as orphans.
+            self.flush()
             self._db.execute("DELETE FROM leases WHERE runtime_id = ?", (runtime_id,))
 
     def close(self) -> None:

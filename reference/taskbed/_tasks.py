@@ -450,6 +450,10 @@ class Tasks:
 
     def get_tasks_by_key(self, task_key: str, organization_id: Any = None) -> list[dict[str, Any]]:
         """Tasks with exactly this key in this organization, any user and status, newest first."""
+        if not isinstance(task_key, str):
+            # None is "no key" and 10 != "10": no task matches (SQLite would match "10" to 10
+            # by column affinity, and the memory store None to every keyless task)
+            return []
         return self._query(lambda m: m.store.find_by_key(task_key, organization_id))
 
     def get_tasks_by_key_prefix(
