@@ -81,8 +81,24 @@ def _load_factory(spec: str) -> Callable[[], Any]:
     return checked
 
 
+def _missing_harness_extra() -> list[str]:
+    import importlib.util
+
+    needed = ("time_machine", "rich")  # the virtual clock's wall time; the report table
+    return [name for name in needed if importlib.util.find_spec(name) is None]
+
+
 def _conform(args: argparse.Namespace) -> int:
     from pathlib import Path
+
+    missing = _missing_harness_extra()
+    if missing:
+        print(
+            f"taskbed conform needs the harness extra (missing: {', '.join(missing)}); "
+            "install it with: python -m pip install 'taskbed[harness]'",
+            file=sys.stderr,
+        )
+        return 2
 
     from ._report import RENDERERS, failed_must
     from ._spec import load_rules, rules_index, select
