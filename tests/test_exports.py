@@ -16,3 +16,12 @@ def test_pinned_public_names() -> None:
 
 def test_private_modules_are_not_exported() -> None:
     assert not [n for n in taskbed.__all__ if n.startswith("_")]
+
+
+def test_harness_exports_exist() -> None:
+    import taskbed_harness
+
+    for name in taskbed_harness.__all__:
+        assert hasattr(taskbed_harness, name), name
+    pinned = {"Harness", "VirtualClock", "RecordedProcessRunner", "Implementation", "run_suite"}
+    assert pinned <= set(taskbed_harness.__all__)

@@ -6,6 +6,13 @@ The pytest plugin (entry point ``taskbed``) wraps these objects in fixtures; eve
 also works without pytest. Hypothesis strategies live in ``taskbed_harness.strategies``.
 """
 
+from ._adapters import CAPABILITIES as CAPABILITIES
+from ._adapters import SANDBOX_VARIABLES as SANDBOX_VARIABLES
+from ._adapters import FakeImplementation as FakeImplementation
+from ._adapters import Implementation as Implementation
+from ._adapters import ReferenceImplementation as ReferenceImplementation
+from ._adapters import fake as fake_implementation
+from ._adapters import reference as reference_implementation
 from ._client import ClientView as ClientView
 from ._clock import DEFAULT_START as DEFAULT_START
 from ._clock import DeadlockError as DeadlockError
@@ -13,6 +20,10 @@ from ._clock import FreezegunConflictError as FreezegunConflictError
 from ._clock import VirtualClock as VirtualClock
 from ._clock import VirtualEventLoop as VirtualEventLoop
 from ._clock import new_virtual_loop as new_virtual_loop
+from ._conform import Outcome as Outcome
+from ._conform import Result as Result
+from ._conform import run_rule as run_rule
+from ._conform import run_suite as run_suite
 from ._fake import FakeTaskManager as FakeTaskManager
 from ._fake import HarnessRuntime as HarnessRuntime
 from ._fake import InjectedFailure as InjectedFailure
@@ -26,26 +37,41 @@ from ._processes import CassetteError as CassetteError
 from ._processes import ProcessCall as ProcessCall
 from ._processes import RecordedProcessRunner as RecordedProcessRunner
 from ._processes import UnmatchedCommandError as UnmatchedCommandError
+from ._spec import Rule as Rule
+from ._spec import load_rules as load_rules
 
 __all__ = (
     "ANY",
     "ANY_REST",
+    "CAPABILITIES",
     "DEFAULT_START",
     "RECORD_MODES",
+    "SANDBOX_VARIABLES",
     "CassetteError",
     "ClientView",
     "DeadlockError",
+    "FakeImplementation",
     "FakeTaskManager",
     "FreezegunConflictError",
     "Harness",
     "HarnessOptions",
     "HarnessRuntime",
+    "Implementation",
     "InjectedFailure",
+    "Outcome",
     "ProcessCall",
     "RecordedProcessRunner",
+    "ReferenceImplementation",
+    "Result",
+    "Rule",
     "Submission",
     "UnmatchedCommandError",
     "VirtualClock",
     "VirtualEventLoop",
+    "fake_implementation",
+    "load_rules",
     "new_virtual_loop",
+    "reference_implementation",
+    "run_rule",
+    "run_suite",
 )

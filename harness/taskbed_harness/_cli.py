@@ -180,9 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     conform.add_argument(
         "--impl",
-        default="taskbed_harness._adapters:reference",
+        default="taskbed_harness:reference_implementation",
         help="the adapter factory, 'package.module:factory' (default: the reference runtime; "
-        "taskbed_harness._adapters:fake judges the harness's fake task manager)",
+        "taskbed_harness:fake_implementation judges the harness's fake task manager)",
     )
     conform.add_argument(
         "--rules", action="append", metavar="PATTERN", help="only rules matching, e.g. 'DEDUP-*'"

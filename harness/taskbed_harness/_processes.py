@@ -73,7 +73,7 @@ _MODE_HELP: Final = {
 _SANDBOX_PREFIX: Final = "MODULE_SDK_"
 
 # Where the message of every harness error points (the lead's guide page).
-_DOCS: Final = "(see docs/harness.md, section 'Recorded subprocesses')"
+_DOCS: Final = "(see docs/guides/recording.md)"
 
 
 # ------------------------------------------------------------------ public names
