@@ -6,39 +6,84 @@ The pytest plugin (entry point ``taskbed``) wraps these objects in fixtures; eve
 also works without pytest. Hypothesis strategies live in ``taskbed_harness.strategies``.
 """
 
-from ._adapters import CAPABILITIES as CAPABILITIES
-from ._adapters import SANDBOX_VARIABLES as SANDBOX_VARIABLES
-from ._adapters import FakeImplementation as FakeImplementation
-from ._adapters import Implementation as Implementation
-from ._adapters import ReferenceImplementation as ReferenceImplementation
-from ._adapters import fake as fake_implementation
-from ._adapters import reference as reference_implementation
-from ._client import ClientView as ClientView
-from ._clock import DEFAULT_START as DEFAULT_START
-from ._clock import DeadlockError as DeadlockError
-from ._clock import FreezegunConflictError as FreezegunConflictError
-from ._clock import VirtualClock as VirtualClock
-from ._clock import VirtualEventLoop as VirtualEventLoop
-from ._clock import new_virtual_loop as new_virtual_loop
-from ._conform import Outcome as Outcome
-from ._conform import Result as Result
-from ._conform import run_rule as run_rule
-from ._conform import run_suite as run_suite
-from ._fake import FakeTaskManager as FakeTaskManager
-from ._fake import HarnessRuntime as HarnessRuntime
-from ._fake import InjectedFailure as InjectedFailure
-from ._fake import Submission as Submission
-from ._harness import Harness as Harness
-from ._harness import HarnessOptions as HarnessOptions
-from ._processes import ANY as ANY
-from ._processes import ANY_REST as ANY_REST
-from ._processes import RECORD_MODES as RECORD_MODES
-from ._processes import CassetteError as CassetteError
-from ._processes import ProcessCall as ProcessCall
-from ._processes import RecordedProcessRunner as RecordedProcessRunner
-from ._processes import UnmatchedCommandError as UnmatchedCommandError
-from ._spec import Rule as Rule
-from ._spec import load_rules as load_rules
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# The pytest plugin (taskbed_harness._plugin) loads with every pytest session of an environment
+# that has taskbed[harness]; importing it runs this file. Names resolve lazily (PEP 562) so that
+# costs nothing until a test uses the harness; type checkers see the plain imports below.
+if TYPE_CHECKING:
+    from ._adapters import CAPABILITIES as CAPABILITIES
+    from ._adapters import SANDBOX_VARIABLES as SANDBOX_VARIABLES
+    from ._adapters import FakeImplementation as FakeImplementation
+    from ._adapters import Implementation as Implementation
+    from ._adapters import ReferenceImplementation as ReferenceImplementation
+    from ._adapters import fake as fake_implementation
+    from ._adapters import reference as reference_implementation
+    from ._client import ClientView as ClientView
+    from ._clock import DEFAULT_START as DEFAULT_START
+    from ._clock import DeadlockError as DeadlockError
+    from ._clock import FreezegunConflictError as FreezegunConflictError
+    from ._clock import VirtualClock as VirtualClock
+    from ._clock import VirtualEventLoop as VirtualEventLoop
+    from ._clock import new_virtual_loop as new_virtual_loop
+    from ._conform import Outcome as Outcome
+    from ._conform import Result as Result
+    from ._conform import run_rule as run_rule
+    from ._conform import run_suite as run_suite
+    from ._fake import FakeTaskManager as FakeTaskManager
+    from ._fake import HarnessRuntime as HarnessRuntime
+    from ._fake import InjectedFailure as InjectedFailure
+    from ._fake import Submission as Submission
+    from ._harness import Harness as Harness
+    from ._harness import HarnessOptions as HarnessOptions
+    from ._processes import ANY as ANY
+    from ._processes import ANY_REST as ANY_REST
+    from ._processes import RECORD_MODES as RECORD_MODES
+    from ._processes import CassetteError as CassetteError
+    from ._processes import ProcessCall as ProcessCall
+    from ._processes import RecordedProcessRunner as RecordedProcessRunner
+    from ._processes import UnmatchedCommandError as UnmatchedCommandError
+    from ._spec import Rule as Rule
+    from ._spec import load_rules as load_rules
+
+_WHERE: dict[str, tuple[str, str]] = {
+    "CAPABILITIES": ("._adapters", "CAPABILITIES"),
+    "SANDBOX_VARIABLES": ("._adapters", "SANDBOX_VARIABLES"),
+    "FakeImplementation": ("._adapters", "FakeImplementation"),
+    "Implementation": ("._adapters", "Implementation"),
+    "ReferenceImplementation": ("._adapters", "ReferenceImplementation"),
+    "fake_implementation": ("._adapters", "fake"),
+    "reference_implementation": ("._adapters", "reference"),
+    "ClientView": ("._client", "ClientView"),
+    "DEFAULT_START": ("._clock", "DEFAULT_START"),
+    "DeadlockError": ("._clock", "DeadlockError"),
+    "FreezegunConflictError": ("._clock", "FreezegunConflictError"),
+    "VirtualClock": ("._clock", "VirtualClock"),
+    "VirtualEventLoop": ("._clock", "VirtualEventLoop"),
+    "new_virtual_loop": ("._clock", "new_virtual_loop"),
+    "Outcome": ("._conform", "Outcome"),
+    "Result": ("._conform", "Result"),
+    "run_rule": ("._conform", "run_rule"),
+    "run_suite": ("._conform", "run_suite"),
+    "FakeTaskManager": ("._fake", "FakeTaskManager"),
+    "HarnessRuntime": ("._fake", "HarnessRuntime"),
+    "InjectedFailure": ("._fake", "InjectedFailure"),
+    "Submission": ("._fake", "Submission"),
+    "Harness": ("._harness", "Harness"),
+    "HarnessOptions": ("._harness", "HarnessOptions"),
+    "ANY": ("._processes", "ANY"),
+    "ANY_REST": ("._processes", "ANY_REST"),
+    "RECORD_MODES": ("._processes", "RECORD_MODES"),
+    "CassetteError": ("._processes", "CassetteError"),
+    "ProcessCall": ("._processes", "ProcessCall"),
+    "RecordedProcessRunner": ("._processes", "RecordedProcessRunner"),
+    "UnmatchedCommandError": ("._processes", "UnmatchedCommandError"),
+    "Rule": ("._spec", "Rule"),
+    "load_rules": ("._spec", "load_rules"),
+}
 
 __all__ = (
     "ANY",
@@ -75,3 +120,17 @@ __all__ = (
     "run_rule",
     "run_suite",
 )
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attr = _WHERE[name]
+    except KeyError:
+        raise AttributeError(f"module 'taskbed_harness' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module, __name__), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
