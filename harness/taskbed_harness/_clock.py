@@ -85,6 +85,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
+import heapq
 import math
 import os
 import selectors
@@ -436,6 +438,7 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
         self._grace_slices = max(1, round(deadlock_grace / idle_slice))
         self._noop_left = noop_cycles
         self._grace_left = self._grace_slices
+        self._timer_seq = 0
         # asyncio runs a timer once loop.time() + resolution passes its deadline; we jump
         # to the nanosecond nearest the deadline, which must be close enough for that.
         self._resolution = time.get_clock_info("monotonic").resolution
@@ -459,6 +462,26 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
     def time(self) -> float:
         """The clock's virtual monotonic time."""
         return self.clock.monotonic()
+
+    def call_at(
+        self,
+        when: float,
+        callback: Callable[[*Ts], object],
+        *args: *Ts,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.TimerHandle:
+        """Schedule like asyncio, but timers due at the same instant fire in the order made.
+
+        asyncio's heap compares deadlines only, so equal deadlines (common in virtual time,
+        where the clock stands still between calls) would fire in heap order: repeatable, yet
+        not the order the program asked for.
+        """
+        self._check_closed()  # type: ignore[attr-defined]
+        self._timer_seq += 1
+        timer = _OrderedTimer(when, callback, args, self, context, self._timer_seq)
+        heapq.heappush(self._scheduled, timer)  # type: ignore[attr-defined]
+        timer._scheduled = True  # type: ignore[attr-defined]
+        return timer
 
     async def advance_ns(self, ns: int) -> None:
         """Move time forward by exactly *ns* nanoseconds (``clock.advance`` in integers)."""
@@ -508,8 +531,10 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
         if ready or (timeout is not None and timeout <= 0):
             self._reset_idle()
             return ready
-        # Idle: no callback is ready and no I/O arrived.
-        if self._noop_left > 0:
+        # Idle: no callback is ready and no I/O arrived. The no-op cycles give real I/O from
+        # outside a moment to arrive; with only the loop's own wake-up pipe registered there is
+        # no such I/O, and each cycle would just cost a syscall per jump.
+        if self._noop_left > 0 and len(real.get_map()) > 1:
             self._noop_left -= 1
             return []
         if self._in_flight():
@@ -816,3 +841,26 @@ def _short(path: str) -> str:
 
 def _trim(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _OrderedTimer(asyncio.TimerHandle):
+    """A timer that breaks deadline ties by creation order (see ``VirtualEventLoop.call_at``)."""
+
+    __slots__ = ("_seq",)
+
+    def __init__(  # noqa: PLR0917 - TimerHandle's positional signature, plus the sequence
+        self,
+        when: float,
+        callback: Callable[..., object],
+        args: tuple[Any, ...],
+        loop: asyncio.AbstractEventLoop,
+        context: contextvars.Context | None,
+        seq: int,
+    ) -> None:
+        super().__init__(when, callback, args, loop, context)
+        self._seq = seq
+
+    def __lt__(self, other: object) -> bool:
+        if isinstance(other, _OrderedTimer):
+            return (self.when(), self._seq) < (other.when(), other._seq)
+        return super().__lt__(other)  # type: ignore[operator]

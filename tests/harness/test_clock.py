@@ -674,3 +674,20 @@ def test_the_reference_runtime_runs_an_hour_long_job_in_virtual_time(
     times = [at for at, m in received if "backgroundTaskProgress" in m]
     assert times == [START + 60 * minute for minute in range(1, 61)]
     assert clock.now() == START + 3600
+
+
+def test_timers_due_at_the_same_instant_fire_in_the_order_they_were_made() -> None:
+    loop = new_virtual_loop()
+    order: list[int] = []
+
+    async def main() -> None:
+        for n in range(200):
+            loop.call_at(loop.time() + 5 + (n % 3), order.append, n)
+        await asyncio.sleep(10)
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    expected = sorted(range(200), key=lambda n: (n % 3, n))
+    assert order == expected
