@@ -353,8 +353,7 @@ def deadlines(n: int, runs: int, seed: int, targets: Targets) -> None:
     position = {k: i for i, k in enumerate(first)}
     fifo = sum(sorted(group, key=position.__getitem__) == group for group in groups)
     print(
-        "ties: the loop fires equal deadlines in asyncio's timer-heap order (deterministic, "
-        "not FIFO);\n"
+        "ties: the virtual loop fires equal deadlines in the order the timers were made;\n"
         f"      {fifo} of {len(groups)} tie groups completed in submission order"
     )
     good = sum(r.in_deadline_order and r.at_deadline for r in results)
