@@ -104,8 +104,9 @@ class Implementation(Protocol):
 class ReferenceImplementation:
     """The reference runtime as a conformance adapter (``taskbed conform`` by default).
 
-    Each instance owns a SQLite file in a temporary directory, so restart and recovery are
-    real; timestamps follow the loop's virtual clock when there is one.
+    Each started instance owns a SQLite file in a temporary directory, so restart and recovery
+    are real; timestamps follow the loop's virtual clock when there is one. Creating an
+    instance costs nothing; ``start()`` makes the file and the runtime.
     """
 
     name = "reference"
@@ -113,20 +114,30 @@ class ReferenceImplementation:
     sandbox_names: Mapping[str, str] = {name: name for name in SANDBOX_VARIABLES}
     deviations: Mapping[str, str] = {}
     runtime_class: type[Runtime] = Runtime
+    #: The store each runtime opens on the instance's file (a seam for broken stores in tests).
+    store_class: type[SQLiteStore] = SQLiteStore
 
     def __init__(self) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="taskbed-conform-")
-        self._path = os.path.join(self._dir.name, "tasks.db")
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._registered: dict[str, Callable[..., Any]] = {}
         self._modules: dict[str, list[dict[str, Any]]] = {}
         self._abandoned: list[Runtime] = []
-        self.runtime = self._new_runtime()
+        self._runtime: Runtime | None = None
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            raise RuntimeError("the implementation is not started; await start() first")
+        return self._runtime
 
     def _new_runtime(self) -> Runtime:
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="taskbed-conform-")
         clock = None
         with contextlib.suppress(RuntimeError):  # on a virtual loop, timestamps are virtual
             clock = getattr(asyncio.get_running_loop(), "clock", None)
-        runtime = self.runtime_class(store=SQLiteStore(self._path), clock=clock)
+        store = self.store_class(os.path.join(self._dir.name, "tasks.db"))
+        runtime = self.runtime_class(store=store, clock=clock)
         for name, func in self._registered.items():
             runtime.register_task(name, func)
         for name, access in self._modules.items():
@@ -134,14 +145,19 @@ class ReferenceImplementation:
         return runtime
 
     async def start(self) -> None:
-        await self.runtime.start()
+        self._runtime = self._new_runtime()
+        await self._runtime.start()
 
     async def stop(self) -> None:
-        await self.runtime.stop()
-        self.runtime.store.close()
+        if self._runtime is not None:
+            await self._runtime.stop()
+            self._runtime.store.close()
         for old in self._abandoned:
             await _discard(old)
-        self._dir.cleanup()
+        self._abandoned.clear()
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
 
     def request(
         self, *, session: dict[str, Any], module: str, request_id: str | None
@@ -158,12 +174,14 @@ class ReferenceImplementation:
         return await self.runtime.wait(task_id, timeout)
 
     def register_task(self, name: str, func: Callable[..., Any]) -> None:
-        self._registered[name] = func
-        self.runtime.register_task(name, func)
+        self._registered[name] = func  # kept, so a restarted runtime knows it too
+        if self._runtime is not None:
+            self._runtime.register_task(name, func)
 
     def register_module(self, name: str, access: list[dict[str, Any]]) -> None:
         self._modules[name] = access
-        self.runtime.register_module(name, access)
+        if self._runtime is not None:
+            self._runtime.register_module(name, access)
 
     async def restart(self, *, crash: bool = False) -> None:
         old = self.runtime
@@ -173,8 +191,8 @@ class ReferenceImplementation:
         else:
             await old.stop()
             old.store.close()
-        self.runtime = self._new_runtime()
-        await self.runtime.start()
+        self._runtime = self._new_runtime()
+        await self._runtime.start()
 
 
 class FakeImplementation(ReferenceImplementation):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -60,25 +61,23 @@ def _load_factory(spec: str) -> Callable[[], Any]:
             f"taskbed conform: --impl takes 'package.module:factory', got {spec!r} "
             "(see docs/guides/conformance.md)"
         )
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # an adapter module next to the user, as `python -m` would
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise SystemExit(f"taskbed conform: cannot load --impl {spec!r}: {exc}") from None
     if not callable(factory):
         raise SystemExit(f"taskbed conform: --impl {spec!r} is not callable")
-
-    def checked() -> Any:
-        impl = factory()
-        if not isinstance(impl, Implementation):
-            needed = [n for n in dir(Implementation) if not n.startswith("_")]
-            missing = [n for n in needed if not hasattr(impl, n)]
-            raise TypeError(
-                f"{spec}() returned {impl!r}, which lacks {missing} of the adapter Protocol "
-                "taskbed_harness.Implementation (see docs/guides/conformance.md)"
-            )
-        return impl
-
-    return checked
+    sample = factory()  # adapters are cheap to create; start() is where work begins
+    if not isinstance(sample, Implementation):
+        needed = [n for n in dir(Implementation) if not n.startswith("_")]
+        missing = [n for n in needed if not hasattr(sample, n)]
+        raise SystemExit(
+            f"taskbed conform: {spec}() returned {sample!r}, which lacks {missing} of the "
+            "adapter protocol taskbed_harness.Implementation (see docs/guides/conformance.md)"
+        )
+    return factory  # type: ignore[no-any-return]
 
 
 def _missing_harness_extra() -> list[str]:
@@ -116,7 +115,7 @@ def _conform(args: argparse.Namespace) -> int:
         print(f"wrote {len(rules)} rules to {args.index}")
         return 0
     factory = _load_factory(args.impl)
-    name = getattr(factory(), "name", args.impl)
+    name = str(getattr(factory(), "name", args.impl))
     results = _run_with_progress(rules, factory, name)
     text = RENDERERS[args.format](results, name)
     if args.output:

@@ -1,0 +1,155 @@
+"""MkDocs hooks of the taskbed site (``hooks:`` in mkdocs.yml).
+
+* The spec pages live in the repository's top-level ``specs/`` (the conformance suite reads them
+  there, and the wheel ships them). ``on_files`` serves them at ``specs/<page>.md`` in the site
+  without copying them or relying on a symlink, so links like ``specs/dedup.md#DEDUP-1`` resolve
+  and strict link/anchor validation covers them.
+* ``docs/compliance.md`` is not written by hand: where its marker comment stands, the hook runs
+  the conformance suite (the same code as ``taskbed conform --format markdown``) against the
+  reference runtime and the harness's fake task manager, and inserts the tables with the date
+  and the facts of the machine that built the site.
+* ``docs/spec.md`` gets the index of every rule, read from the spec pages, at its marker.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import platform
+import posixpath
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from mkdocs.structure.files import File, Files
+
+import taskbed
+from taskbed_harness._adapters import fake, reference
+from taskbed_harness._conform import Outcome, run_suite
+from taskbed_harness._report import to_markdown
+from taskbed_harness._spec import load_pages, load_rules
+
+log = logging.getLogger("mkdocs.hooks.taskbed")
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = ROOT / "specs"
+COMPLIANCE_MARKER = "<!-- compliance-matrix -->"
+RULES_MARKER = "<!-- rules-index -->"
+SPEC_LINK = re.compile(r"\]\(\.\./specs/")
+
+
+# ---------------------------------------------------------------- spec pages
+
+
+def on_files(files: Files, config: Any) -> Files:
+    """Add every file of the top-level ``specs/`` as ``specs/<name>`` of the site."""
+    for path in sorted(SPECS.rglob("*")):
+        if not path.is_file() or any(part.startswith((".", "__")) for part in path.parts):
+            continue
+        src_uri = path.relative_to(ROOT).as_posix()
+        if files.get_file_from_path(src_uri) is not None:  # e.g. a docs/specs symlink
+            continue
+        files.append(
+            File(
+                src_uri,
+                src_dir=str(ROOT),
+                dest_dir=config["site_dir"],
+                use_directory_urls=config["use_directory_urls"],
+            )
+        )
+    return files
+
+
+# ---------------------------------------------------------------- generated content
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:
+    here = posixpath.dirname(page.file.src_uri) or "."
+    specs = posixpath.relpath("specs", here)
+    if RULES_MARKER in markdown:
+        markdown = markdown.replace(RULES_MARKER, _rules_index(specs))
+    if COMPLIANCE_MARKER in markdown:
+        markdown = markdown.replace(COMPLIANCE_MARKER, _compliance(specs))
+    return markdown
+
+
+def _rules_index(specs: str) -> str:
+    lines = []
+    for page in load_pages(SPECS):
+        lines += [
+            f"### [{page.title}]({specs}/{page.path.name})",
+            "",
+            "| rule | level | title |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| [{r.id}]({specs}/{r.anchor}) | {r.level} | {_cell(r.title)} |" for r in page.rules
+        ]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _compliance(specs: str) -> str:
+    rules = load_rules(SPECS)
+    sections, timings = [], []
+    implementations = (
+        ("reference", "Reference runtime", reference),
+        ("fake", "Fake task manager (harness)", fake),
+    )
+    for name, title, factory in implementations:
+        started = time.perf_counter()
+        results = run_suite(rules, factory)
+        elapsed = time.perf_counter() - started
+        timings.append(f"{name} {elapsed:.1f} s")
+        log.info("compliance: judged %s on %d rules in %.1f s", name, len(results), elapsed)
+        for r in results:
+            if r.outcome is Outcome.FAIL:  # both must hold every rule: fail the strict build
+                log.warning(
+                    "compliance: %s fails %s (%s): %s", name, r.rule.id, r.rule.level, r.reason
+                )
+        table = to_markdown(results, title)
+        # the renderer links rules as ../specs/<page>.md#ID (right for a page one level down)
+        sections.append(SPEC_LINK.sub(f"]({specs}/", table))
+    built = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    facts = [
+        f"- **Generated**: {built}, from commit `{_commit()}`, taskbed {taskbed.__version__}",
+        f"- **Machine**: {platform.system()} {platform.release()} ({platform.machine()}), "
+        f"{os.cpu_count()} CPUs; Python {platform.python_version()} "
+        f"({platform.python_implementation()})",
+        f"- **Rules**: {len(rules)} ({sum(r.level == 'MUST' for r in rules)} MUST, "
+        f"{sum(r.level == 'SHOULD' for r in rules)} SHOULD); wall time: {', '.join(timings)}",
+    ]
+    return "\n".join(facts) + "\n\n" + "\n".join(sections)
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],  # noqa: S607 - git from PATH, on purpose
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],  # noqa: S607
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=10,
+    ).stdout.strip()
+    return f"{out}{' + local changes' if dirty else ''}"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+__all__ = ("on_files", "on_page_markdown")

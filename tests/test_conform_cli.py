@@ -1,0 +1,271 @@
+"""``taskbed conform`` through its entry point: selection, formats, exit status, bad ``--impl``.
+
+``main([...])`` is called directly and its output captured. The broken implementations come
+from ``tests/test_teeth.py`` (``--impl test_teeth:<Class>``; tests/ is on ``sys.path``, see
+conftest.py), so a failing run is a real one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import pytest
+
+from taskbed_harness._cli import main
+from taskbed_harness._spec import load_rules
+
+RULES = load_rules()
+LEVELS = Counter(rule.level for rule in RULES)
+SPECS = Path(__file__).parents[1] / "specs"
+
+# A MUST rule fails: DEDUP-3 (see test_teeth.BROKEN).
+MUST_BROKEN = "test_teeth:DedupIgnoresOrganization"
+# Only a SHOULD rule fails: BG-8.
+SHOULD_BROKEN = "test_teeth:InterruptedTaskSilent"
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(["conform", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def ids_of(family: str) -> list[str]:
+    return [rule.id for rule in RULES if rule.family == family]
+
+
+# ---------------------------------------------------------------- the default run
+
+
+def test_default_run_passes_and_prints_the_table_with_totals_per_level(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = run(capsys)
+    assert code == 0
+    assert "taskbed conformance: reference" in out
+    rows = {
+        found[1]: line
+        for line in out.splitlines()
+        if (found := re.match(r"^\W*([A-Z]+-\d+)\s", line))
+    }
+    assert list(rows) == [rule.id for rule in RULES]  # one row per rule, in page order
+    assert all(re.search(r"\bpass\b", line) for line in rows.values()), rows
+    flat = " ".join(out.split())  # the summary may wrap at the console's width
+    assert f"MUST: {LEVELS['MUST']} passed, 0 failed, 0 skipped, 0 known deviations" in flat
+    assert f"SHOULD: {LEVELS['SHOULD']} passed, 0 failed, 0 skipped, 0 known deviations" in flat
+    assert "s of virtual time" in out
+
+
+def test_rules_pattern_selects(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--rules", "DEDUP-*")
+    assert code == 0
+    dedup = ids_of("DEDUP")
+    for rule_id in dedup:
+        assert rule_id in out
+    assert not re.search(r"\b(BG|OWN|CMD|QUERY|REC)-\d+\b", out)
+    assert f"MUST: {len(dedup)} passed, 0 failed" in " ".join(out.split())
+
+
+def test_several_patterns_select_their_union(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--list", "--rules", "MGR-*,REC-1", "--rules", "CONF-3")
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines()] == ["CONF-3", "MGR-1", "MGR-2", "REC-1"]
+
+
+def test_a_pattern_that_matches_nothing_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "--rules", "NOPE-*")
+    assert code == 2
+    assert out == ""
+    assert "no rule matches" in err
+    assert "NOPE-*" in err
+
+
+# ---------------------------------------------------------------- report formats
+
+
+def test_json_report_of_the_whole_suite(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--format", "json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["implementation"] == "reference"
+    assert report["totals"]["MUST"] == {
+        "pass": LEVELS["MUST"], "fail": 0, "skipped": 0, "deviation": 0,
+    }  # fmt: skip
+    assert report["totals"]["SHOULD"] == {
+        "pass": LEVELS["SHOULD"], "fail": 0, "skipped": 0, "deviation": 0,
+    }  # fmt: skip
+    assert len(report["results"]) == len(RULES) == 62
+    assert [r["rule"] for r in report["results"]] == [rule.id for rule in RULES]
+    assert {r["outcome"] for r in report["results"]} == {"pass"}
+    first = report["results"][0]
+    assert set(first) == {
+        "rule", "level", "title", "outcome", "reason", "wall_seconds", "virtual_seconds",
+    }  # fmt: skip
+    assert report["virtual_seconds"] > 0
+
+
+def test_json_report_of_a_selection_with_a_failure(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--impl", MUST_BROKEN, "--rules", "DEDUP-*", "--format", "json")
+    assert code == 1
+    report = json.loads(out)
+    assert report["implementation"] == "broken: dedup ignores the organization"
+    assert [r["rule"] for r in report["results"]] == ids_of("DEDUP")
+    outcomes = {r["rule"]: r["outcome"] for r in report["results"]}
+    assert [rule for rule, outcome in outcomes.items() if outcome == "fail"] == ["DEDUP-3"]
+    assert report["totals"]["MUST"]["fail"] == 1
+    (failed,) = [r for r in report["results"] if r["outcome"] == "fail"]
+    assert failed["reason"].startswith("dedup.md:"), failed["reason"]  # points at the page
+
+
+def test_junit_report(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--rules", "BG-*", "--format", "junit")
+    assert code == 0
+    suite = ET.fromstring(out)
+    assert suite.tag == "testsuite"
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("11", "0", "0")
+    cases = suite.findall("testcase")
+    assert [case.get("name", "").split()[0] for case in cases] == ids_of("BG")
+    assert cases[0].get("classname") == "submission.MUST"
+    assert suite.findall(".//failure") == []
+
+
+def test_junit_report_has_a_failure_element_for_a_failing_rule(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = run(capsys, "--impl", MUST_BROKEN, "--rules", "DEDUP-*", "--format", "junit")
+    assert code == 1
+    suite = ET.fromstring(out)
+    assert (suite.get("tests"), suite.get("failures")) == (str(len(ids_of("DEDUP"))), "1")
+    failing = [case for case in suite.iter("testcase") if case.find("failure") is not None]
+    assert [case.get("name", "").split()[0] for case in failing] == ["DEDUP-3"]
+    failure = failing[0].find("failure")
+    assert failure is not None
+    assert failure.get("message")
+    assert failure.text == failure.get("message")
+
+
+def test_markdown_report_links_every_rule(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--rules", "QUERY-*", "--format", "markdown")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "### reference"
+    assert "| rule | level | title | outcome | reason |" in lines
+    rows = [line for line in lines if line.startswith("| [")]
+    assert len(rows) == len(ids_of("QUERY"))
+    for row, rule_id in zip(rows, ids_of("QUERY"), strict=True):
+        assert row.startswith(f"| [{rule_id}](../specs/queries.md#{rule_id}) | MUST | ")
+        assert row.rstrip().endswith("| pass |  |")
+
+
+def test_output_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    target = tmp_path / "report.json"
+    code, out, err = run(capsys, "--rules", "MGR-*", "--format", "json", "--output", str(target))
+    assert code == 0
+    assert out == ""
+    assert f"wrote json report to {target}" in err
+    assert [r["rule"] for r in json.loads(target.read_text())["results"]] == ["MGR-1", "MGR-2"]
+
+
+# ---------------------------------------------------------------- --list and --index
+
+
+def test_list_prints_every_rule_and_runs_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--list", "--impl", "no.such.module:never_loaded")
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == len(RULES)
+    for line, rule in zip(lines, RULES, strict=True):
+        assert line.split(maxsplit=2) == [rule.id, rule.level, rule.title]
+
+
+def test_index_writes_the_committed_rules_json(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    target = tmp_path / "rules.json"
+    code, out, _ = run(capsys, "--index", str(target))
+    assert code == 0
+    assert out.strip() == f"wrote {len(RULES)} rules to {target}"
+    committed = (SPECS / "rules.json").read_text(encoding="utf-8")
+    assert json.loads(target.read_text(encoding="utf-8")) == json.loads(committed)
+    assert target.read_text(encoding="utf-8") == committed
+
+
+# ---------------------------------------------------------------- --impl and the exit status
+
+
+def test_a_failing_must_rule_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--impl", MUST_BROKEN, "--rules", "DEDUP-3,DEDUP-4")
+    assert code == 1
+    assert "broken: dedup ignores the organization" in out
+    flat = " ".join(out.split())
+    assert "MUST: 1 passed, 1 failed" in flat
+    assert "dedup.md:" in flat  # the reason names the failing line of the page
+
+
+def test_only_a_failing_should_rule_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--impl", SHOULD_BROKEN, "--rules", "BG-*", "--format", "json")
+    assert code == 0
+    report = json.loads(out)
+    failed = [(r["rule"], r["level"]) for r in report["results"] if r["outcome"] == "fail"]
+    assert failed == [("BG-8", "SHOULD")]
+    assert report["totals"]["MUST"]["fail"] == 0
+    assert report["totals"]["SHOULD"]["fail"] == 1
+
+
+def test_the_fake_task_manager_passes_too(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys, "--impl", "taskbed_harness._adapters:fake", "--rules", "CONF-*", "--format", "json"
+    )
+    assert code == 0
+    report = json.loads(out)
+    assert report["implementation"] == "fake"
+    assert {r["outcome"] for r in report["results"]} == {"pass"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [
+        ("nonsense", r"--impl takes 'package\.module:factory', got 'nonsense'"),
+        ("no_colon.module", r"--impl takes 'package\.module:factory'"),
+        (":factory", r"--impl takes 'package\.module:factory'"),
+        ("no.such.module:x", r"cannot load --impl 'no\.such\.module:x'.*No module named 'no'"),
+        ("taskbed_harness._adapters:nope", r"cannot load --impl .*has no attribute 'nope'"),
+        ("test_teeth:BROKEN", r"--impl 'test_teeth:BROKEN' is not callable"),
+    ],
+    ids=[
+        "no-colon",
+        "module-only",
+        "no-module",
+        "no-such-module",
+        "no-such-factory",
+        "not-callable",
+    ],
+)
+def test_a_bad_impl_spec_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str], spec: str, says: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["conform", "--impl", spec, "--rules", "BG-1"])
+    message = str(exited.value.code)
+    assert message.startswith("taskbed conform: ")
+    assert re.search(says, message), message
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("spec", ["builtins:dict", "builtins:object"])
+def test_a_factory_that_returns_no_adapter_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str], spec: str
+) -> None:
+    with pytest.raises(SystemExit) as refused:
+        main(["conform", "--impl", spec, "--rules", "BG-1"])
+    message = str(refused.value)
+    assert f"{spec}() returned" in message
+    assert "taskbed_harness.Implementation" in message  # what to implement
+    assert "'start'" in message  # what is missing
+    assert "'request'" in message
+    assert "docs/guides/conformance.md" in message  # where to read about it
+    assert capsys.readouterr().out == ""
