@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -15,6 +16,21 @@ from taskbed import MemoryStore, ModuleSDK, Runtime, SQLiteStore, TaskStore
 from taskbed_harness import HarnessRuntime
 
 sys.path.insert(0, str(Path(__file__).parent))  # so tests can `from rules import RULES`
+
+
+Request = Callable[..., AbstractAsyncContextManager[ModuleSDK]]
+"""The type of the ``request_as`` fixture."""
+
+
+async def settle(rounds: int = 25) -> None:
+    """Let every ready callback run (exact when no thread or I/O is involved)."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+def kinds(messages: list[dict[str, Any]]) -> list[str]:
+    """The kind (the one key) of each message, in order."""
+    return [next(iter(m)) for m in messages]
 
 
 def make_session(user: Any = 7, org: Any = 10, key: str | None = "s1") -> dict[str, Any]:

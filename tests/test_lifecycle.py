@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import Request, settle
 from taskbed import (
     ACTIVE,
     TERMINAL,
@@ -34,8 +33,6 @@ from taskbed import (
     transition,
     ui,
 )
-
-Request = Callable[..., AbstractAsyncContextManager[ModuleSDK]]
 
 PENDING, RUNNING, WAITING = "pending", "running", "waiting_confirmation"
 COMPLETED, FAILED, INTERRUPTED = "completed", "failed", "interrupted"
@@ -54,12 +51,6 @@ EXPECTED_TABLE = {
 }
 
 ALLOWED_CHANGES = {(s, t) for s, row in EXPECTED_TABLE.items() for t in row.values()}
-
-
-async def settle(rounds: int = 25) -> None:
-    """Let every ready callback run (no threads or I/O are involved, so this is exact)."""
-    for _ in range(rounds):
-        await asyncio.sleep(0)
 
 
 # ---------------------------------------------------------------- the table

@@ -10,25 +10,12 @@ import re
 import threading
 import uuid
 from collections.abc import Callable, Coroutine
-from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
 
-from conftest import make_session
+from conftest import Request, kinds, make_session, settle
 from taskbed import MemoryStore, ModuleSDK, Runtime, TaskRecord
-
-Request = Callable[..., AbstractAsyncContextManager[ModuleSDK]]
-
-
-async def settle(rounds: int = 25) -> None:
-    """Let every ready callback run (exact when no thread or I/O is involved)."""
-    for _ in range(rounds):
-        await asyncio.sleep(0)
-
-
-def kinds(messages: list[dict[str, Any]]) -> list[str]:
-    return [next(iter(m)) for m in messages]
 
 
 async def job() -> str:
