@@ -101,6 +101,24 @@ class Implementation(Protocol):
         ...
 
 
+#: Every member of the protocol, data and methods (``dir()`` of a Protocol misses the data).
+PROTOCOL_MEMBERS = (
+    "name",
+    "capabilities",
+    "sandbox_names",
+    "deviations",
+    "start",
+    "stop",
+    "request",
+    "sdk",
+    "connect",
+    "wait",
+    "register_task",
+    "register_module",
+    "restart",
+)
+
+
 class ReferenceImplementation:
     """The reference runtime as a conformance adapter (``taskbed conform`` by default).
 

@@ -53,7 +53,7 @@ async def _demo(db: str | None) -> int:
 def _load_factory(spec: str) -> Callable[[], Any]:
     import importlib
 
-    from ._adapters import Implementation
+    from ._adapters import PROTOCOL_MEMBERS, Implementation
 
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
@@ -71,8 +71,7 @@ def _load_factory(spec: str) -> Callable[[], Any]:
         raise SystemExit(f"taskbed conform: --impl {spec!r} is not callable")
     sample = factory()  # adapters are cheap to create; start() is where work begins
     if not isinstance(sample, Implementation):
-        needed = [n for n in dir(Implementation) if not n.startswith("_")]
-        missing = [n for n in needed if not hasattr(sample, n)]
+        missing = [n for n in PROTOCOL_MEMBERS if not hasattr(sample, n)]
         raise SystemExit(
             f"taskbed conform: {spec}() returned {sample!r}, which lacks {missing} of the "
             "adapter protocol taskbed_harness.Implementation (see docs/guides/conformance.md)"
@@ -151,12 +150,17 @@ def _print_table(results: list[Any], name: str) -> None:
     for column in ("rule", "level", "title", "outcome"):
         table.add_column(column, no_wrap=column != "title")
     for r in results:
-        outcome = f"[{style[r.outcome.value]}]{r.outcome.value}[/]"
-        if r.reason:
-            outcome += f"\n{r.reason}"
-        table.add_row(r.rule.id, r.rule.level, r.rule.title, outcome)
+        table.add_row(
+            r.rule.id, r.rule.level, r.rule.title, f"[{style[r.outcome.value]}]{r.outcome.value}[/]"
+        )
     console = Console(width=max(100, Console().width))
     console.print(table)
+    explained = [r for r in results if r.reason]
+    if explained:  # below the table, so a long reason never squeezes its columns
+        console.print()
+        for r in explained:
+            console.print(f"[bold]{r.rule.id}[/] {r.outcome.value}: {r.reason}", highlight=False)
+        console.print()
     wall = sum(r.wall for r in results)
     virtual = sum(r.virtual for r in results)
     console.print(summary_line(results))

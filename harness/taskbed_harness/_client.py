@@ -118,8 +118,8 @@ class ClientView:
             self._read += 1
         except TimeoutError:
             raise AssertionError(
-                f"expected {kind} {fields or ''} within {within} s, but nothing arrived\n"
-                + self._transcript()
+                f"expected {kind}{f' {fields}' if fields else ''} within {within} s, "
+                "but nothing arrived\n" + self._transcript()
             ) from None
         body = _body(message)
         wrong = {k: v for k, v in fields.items() if body.get(k, _MISSING) != v}

@@ -11,6 +11,7 @@ import dataclasses
 import os
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -38,6 +39,9 @@ class HarnessOptions:
         env_keys: environment variables that matter when matching recorded commands.
         redact_keys: environment variables whose values never reach a cassette.
         store: ``"memory"`` or ``"sqlite"`` (an in-memory SQLite database).
+        start: where the virtual clock starts (a timezone-aware ``datetime`` or epoch
+            seconds; default 2026-01-01T00:00:00Z). The pytest plugin reads it from the marker
+            when it makes the test's loop.
     """
 
     user: Any = 7
@@ -52,6 +56,7 @@ class HarnessOptions:
     env_keys: tuple[str, ...] = ()
     redact_keys: tuple[str, ...] = ()
     store: str = "memory"
+    start: datetime | float | None = None
 
     def __post_init__(self) -> None:
         if self.store not in ("memory", "sqlite"):

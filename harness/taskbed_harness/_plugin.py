@@ -75,11 +75,16 @@ def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
     """Tests that use a taskbed fixture run on a fresh virtual-time loop; others as before."""
-    if FIXTURE in getattr(item, "fixturenames", ()):
-        from ._clock import new_virtual_loop
+    if FIXTURE not in getattr(item, "fixturenames", ()):
+        return {"asyncio": asyncio.new_event_loop}
+    from ._clock import VirtualClock, new_virtual_loop
 
+    start = next(
+        (m.kwargs["start"] for m in item.iter_markers("taskbed") if "start" in m.kwargs), None
+    )
+    if start is None:
         return {"taskbed": new_virtual_loop}
-    return {"asyncio": asyncio.new_event_loop}
+    return {"taskbed": lambda: new_virtual_loop(VirtualClock(start))}
 
 
 def _cassette_path(node: pytest.Item) -> Path:

@@ -255,3 +255,19 @@ async def test_ok(taskbed):
         "-p", "asyncio", "-p", "taskbed_harness._plugin", "-p", "no:cacheprovider"
     )
     result.assert_outcomes(passed=1)
+
+
+def test_the_marker_sets_where_the_virtual_clock_starts(pytester: pytest.Pytester) -> None:
+    result = run(
+        pytester,
+        """
+from datetime import UTC, datetime
+
+@pytest.mark.asyncio
+@pytest.mark.taskbed(start=datetime(2030, 6, 1, 12, tzinfo=UTC))
+async def test_start(taskbed):
+    assert taskbed.clock.now() == datetime(2030, 6, 1, 12, tzinfo=UTC).timestamp()
+    assert datetime.now(UTC).year == 2030
+""",
+    )
+    result.assert_outcomes(passed=1)

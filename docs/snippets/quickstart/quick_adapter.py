@@ -1,7 +1,7 @@
 """A conformance adapter: the reference runtime on an in-memory store, as an example."""
 
 from taskbed import MemoryStore, Runtime
-from taskbed_harness._adapters import SANDBOX_VARIABLES
+from taskbed_harness import SANDBOX_VARIABLES
 
 
 class InMemoryRuntime:
