@@ -56,6 +56,10 @@ __all__ = (
 
 #: What a secret is replaced by in a cassette; when replaying it matches any value.
 REDACTED: Final = "<redacted>"
+_SYNTHETIC_REQUEST_VAR: Final = "MODULE_SDK_REQUEST_ID"
+_SYNTHETIC_REQUEST_ID: Final = re.compile(
+    r"task:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+)
 
 #: The record modes, as vcrpy names them (``new`` is vcrpy's ``new_episodes``).
 RECORD_MODES: Final = ("none", "once", "new", "all")
@@ -750,7 +754,13 @@ class RecordedProcessRunner:
     # -------------------------------------------------------------- matching
 
     def _relevant(self, env: Mapping[str, str]) -> dict[str, str]:
-        return self._env_keys.select(env, _SANDBOX_PREFIX)
+        relevant = self._env_keys.select(env, _SANDBOX_PREFIX)
+        # A task submitted outside any request gets the synthetic request id "task:<its id>",
+        # a fresh uuid every run: record and match it as a placeholder, or it never replays.
+        request_id = relevant.get(_SYNTHETIC_REQUEST_VAR)
+        if request_id is not None and _SYNTHETIC_REQUEST_ID.fullmatch(request_id):
+            relevant[_SYNTHETIC_REQUEST_VAR] = "task:<task-id>"
+        return relevant
 
     def _candidates(self) -> Iterable[_Recording]:
         if self.mode != "all":

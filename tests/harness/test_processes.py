@@ -601,3 +601,32 @@ async def test_the_written_cassette_is_sorted_and_pretty(tmp_path: Path) -> None
     [entry] = data["interactions"]
     assert entry["stdout"] == {"base64": "/wA="}
     assert entry["stderr"] is None
+
+
+@pytest.mark.asyncio
+async def test_a_task_outside_any_request_replays_despite_its_fresh_request_id(
+    tmp_path: Path,
+) -> None:
+    # Such a task's request id is "task:<its uuid>", new every run; it is recorded as a
+    # placeholder so the next run, with another task id, still matches.
+    cassette = tmp_path / "outside.json"
+    results = {"git status": ProcessResult(0, b"clean\n", b"")}
+
+    async def run_once(runner: RecordedProcessRunner) -> str:
+        async with Runtime(process_runner=runner) as rt:
+            sdk = rt.sdk(session=make_session(), module="mod")  # no request context
+
+            async def job() -> str:
+                done = await sdk.tasks.run_subprocess(["git", "status"])
+                return str(done.stdout)
+
+            task_id = await sdk.tasks.run_background(job())
+            row = await rt.wait(task_id)
+        assert row["status"] == "completed", row["error"]
+        return str(row["result"])
+
+    recorder = RecordedProcessRunner(cassette, mode="once", real=Scripted(results), sleep=Sleeps())
+    assert await run_once(recorder) == "clean\n"
+    recorded = json.loads(cassette.read_text())["interactions"][0]["env"]
+    assert recorded["MODULE_SDK_REQUEST_ID"] == "task:<task-id>"
+    assert await run_once(replayer(cassette)) == "clean\n"
