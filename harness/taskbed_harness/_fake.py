@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import deque
+from collections.abc import Awaitable
 from typing import Any
 
 from taskbed import Connection, ConnectionRegistry, Owner, Runtime, TaskManager, TaskRecord
@@ -80,7 +81,13 @@ class FakeTaskManager(TaskManager):
             self._gates[task_id] = asyncio.Event()
         return task_id
 
-    async def _admit(self, record: TaskRecord) -> None:
+    def _admit(self, record: TaskRecord) -> Awaitable[None] | None:
+        # The seam is a plain call: a task that is neither held nor set to fail starts at once.
+        if record.id in self._gates or record.id in self._failures:
+            return self._held(record)
+        return None
+
+    async def _held(self, record: TaskRecord) -> None:
         gate = self._gates.get(record.id)
         if gate is not None:
             try:

@@ -145,8 +145,13 @@ class ConnectionRegistry:
     def is_online(self, owner: Owner) -> bool:
         return self._slot(owner) in self._by_owner
 
+    def wants(self, owner: Owner, *, durable: bool) -> bool:
+        return durable or (bool(self._by_owner) and self._slot(owner) in self._by_owner)
+
     def publish(self, owner: Owner, message: Message, *, durable: bool) -> None:
-        conns = self._by_owner.get(self._slot(owner))
+        # With no connection open at all (a batch job, a closed tab) the owner's slot, two
+        # scopes, need not be computed.
+        conns = self._by_owner.get(self._slot(owner)) if self._by_owner else None
         if conns:
             for conn in list(conns):
                 conn.deliver(message)

@@ -15,6 +15,8 @@ from ._model import Message, Owner, TaskRecord, scope
 from ._ports import Lease
 
 _fields = operator.attrgetter(*(f.name for f in dataclasses.fields(TaskRecord)))
+#: The types ``_clone`` copies; checked inline to spare a call for str, float and None.
+_CONTAINERS = (dict, list)
 
 
 def _clone(value: Any) -> Any:
@@ -34,7 +36,8 @@ def _copy(row: TaskRecord) -> TaskRecord:
     """
     copied = TaskRecord(*_fields(row))
     copied.checkpoint = _clone(copied.checkpoint)
-    copied.result = _clone(copied.result)
+    if type(copied.result) in _CONTAINERS:  # most results are None or a str
+        copied.result = _clone(copied.result)
     return copied
 
 
@@ -84,7 +87,8 @@ class MemoryStore:
             if row is None or row.status in TERMINAL:
                 return
             for name, value in changes.items():
-                setattr(row, name, _clone(value))
+                # Only dicts and lists need a copy; most changes are str and float.
+                setattr(row, name, _clone(value) if type(value) in _CONTAINERS else value)
             if row.status in TERMINAL and row.task_key is not None:
                 self._active_keys.pop((scope(row.organization_id), row.task_key), None)
 

@@ -109,6 +109,15 @@ class ClientChannel(Protocol):
         """Deliver to every connection of *owner*; keep it for later if *durable* and offline."""
         ...
 
+    def wants(self, owner: Owner, *, durable: bool) -> bool:
+        """Would ``publish(owner, ..., durable=durable)`` deliver or keep anything?
+
+        The task manager asks before it builds a message that is not durable (started,
+        progress), so a task whose owner has no connection costs no message. Must agree
+        with ``publish``: True whenever ``publish`` would deliver to a connection.
+        """
+        ...
+
 
 class ProcessResult(NamedTuple):
     """What a finished process gave back (bytes; the facade decodes when ``text=True``)."""

@@ -158,6 +158,8 @@ class Runtime:
         manager = self.manager
         if manager is None:
             raise RuntimeError("the runtime is not started; use `async with Runtime() as rt:`")
+        if timeout is None:  # asyncio.timeout(None) never fires: skip setting one up
+            return serialize(await manager.wait(task_id))
         async with asyncio.timeout(timeout):
             return serialize(await manager.wait(task_id))
 

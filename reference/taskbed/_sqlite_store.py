@@ -79,6 +79,12 @@ _COLUMNS = (
     "result, error, created_at, updated_at, runner_id"
 )
 _ORDER = "ORDER BY created_at DESC, seq DESC"
+# Built once: the statements of every submission and every Runtime.wait.
+_INSERT = (
+    f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 14)}) "
+    "ON CONFLICT DO NOTHING RETURNING id"
+)
+_SELECT_BY_ID = f"SELECT {_COLUMNS} FROM tasks WHERE id = ?"
 _JSON_FIELDS = frozenset({"checkpoint", "result"})
 _FIELDS = frozenset(
     {"label", "status", "progress", "checkpoint", "result", "error", "updated_at", "runner_id"}
@@ -219,12 +225,9 @@ class SQLiteStore:
             record.created_at, record.updated_at, record.runner_id,
         )  # fmt: skip
         with self._lock, self._transaction():
-            self._apply_pending()
-            inserted = self._db.execute(
-                f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 14)}) "
-                "ON CONFLICT DO NOTHING RETURNING id",
-                row,
-            ).fetchone()
+            if self._pending or self._outbox:  # the buffer rides along in this transaction
+                self._apply_pending()
+            inserted = self._db.execute(_INSERT, row).fetchone()
             if inserted is not None:
                 return record, True
             holder = self._db.execute(
@@ -237,13 +240,12 @@ class SQLiteStore:
             return _row(holder), False
 
     def get(self, task_id: str) -> TaskRecord | None:
-        found = self._query(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,))
+        found = self._query(_SELECT_BY_ID, (task_id,))
         return found[0] if found else None
 
     def update(self, task_id: str, changes: dict[str, object]) -> None:
-        unknown = set(changes) - _FIELDS
-        if unknown:
-            raise ValueError(f"cannot update task fields {sorted(unknown)}")
+        if not _FIELDS.issuperset(changes):  # no set to build in the usual case
+            raise ValueError(f"cannot update task fields {sorted(set(changes) - _FIELDS)}")
         with self._lock:
             merged = self._pending.setdefault(task_id, {})
             if merged.get("status") in _TERMINAL_VALUES:

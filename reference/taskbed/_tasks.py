@@ -29,7 +29,7 @@ from ._errors import (
     UnknownTaskNameError,
     see,
 )
-from ._manager import TaskManager, Work
+from ._manager import CoroutineWork, TaskManager, Work
 from ._model import DEFAULT_LABEL, Owner, check_json, clamp_progress, serialize
 from ._ports import ProcessResult
 
@@ -185,8 +185,7 @@ class Tasks:
                     "coroutine; pass them to the coroutine function instead: "
                     "run_background(job(x=1)) " + see("submission", "BG-2")
                 )
-            coro = target
-            return Work(start=lambda: coro, discard=coro.close)
+            return CoroutineWork(target)
         if isinstance(target, str):
             func = self._runtime.registered_task(target)
             if func is None:
