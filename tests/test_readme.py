@@ -20,7 +20,10 @@ def test_readme_has_its_examples() -> None:
 
 
 def test_the_module_author_test_passes(pytester: pytest.Pytester) -> None:
-    pytester.makeini("[pytest]\nasyncio_mode = strict\nfilterwarnings = error\n")
+    pytester.makeini(
+        "[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = function\n"
+        "filterwarnings = error\n"
+    )
     pytester.makepyfile(test_readme=BLOCKS[0])
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
