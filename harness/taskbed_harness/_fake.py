@@ -55,6 +55,7 @@ class FakeTaskManager(TaskManager):
         super().__init__(**kwargs)
         self.holding = False
         self.submissions: list[Submission] = []
+        self._submitted: set[str] = set()  # ids of the tasks submissions created
         self._gates: dict[str, asyncio.Event] = {}
         self._next_failures: deque[BaseException] = deque()
         self._failures: dict[str, BaseException] = {}
@@ -62,10 +63,13 @@ class FakeTaskManager(TaskManager):
     # ------------------------------------------------------------ submission
 
     def submit(self, work: Work, **kwargs: Any) -> str:
-        if self._next_failures:
-            work = _failing(work, self._next_failures.popleft())
-        known = {s.task_id for s in self.submissions}
+        failure = self._next_failures.popleft() if self._next_failures else None
+        if failure is not None:
+            work = _failing(work, failure)
         task_id = super().submit(work, **kwargs)
+        deduplicated = task_id in self._submitted or task_id not in self._local
+        if deduplicated and failure is not None:
+            self._next_failures.appendleft(failure)  # meant for the next *new* task
         owner: Owner = kwargs["owner"]
         self.submissions.append(
             Submission(
@@ -74,11 +78,13 @@ class FakeTaskManager(TaskManager):
                 task_key=kwargs["task_key"],
                 module=kwargs["module"],
                 owner=owner,
-                deduplicated=task_id in known or task_id not in self._local,
+                deduplicated=deduplicated,
             )
         )
-        if self.holding and task_id not in known and task_id in self._local:
-            self._gates[task_id] = asyncio.Event()
+        if not deduplicated:
+            self._submitted.add(task_id)
+            if self.holding:
+                self._gates[task_id] = asyncio.Event()
         return task_id
 
     def _admit(self, record: TaskRecord) -> Awaitable[None] | None:

@@ -166,3 +166,22 @@ def _fresh_state_check(taskbed: Harness) -> None:
     sdk = taskbed.sdk()
     assert sdk.tasks.get_tasks_by_key("leak", organization_id=10) == []
     assert sdk.tasks.list_user_tasks(7, organization_id=10) == []
+
+
+async def test_fail_next_waits_for_a_new_task_past_a_duplicate(taskbed: Harness) -> None:
+    gate = asyncio.Event()
+
+    async def job() -> str:
+        await gate.wait()
+        return "ok"
+
+    async with taskbed.request() as sdk:
+        holder = await sdk.tasks.run_background(job(), task_key="k")
+        taskbed.manager.fail_next(RuntimeError("boom"))
+        duplicate = await sdk.tasks.run_background(job(), task_key="k")
+        fresh = await sdk.tasks.run_background(job(), task_key="other")
+    gate.set()
+    assert duplicate == holder
+    assert (await taskbed.wait(holder))["status"] == "completed"
+    assert (await taskbed.wait(fresh))["error"] == "boom"
+    assert [s.deduplicated for s in taskbed.manager.submissions] == [False, True, False]
