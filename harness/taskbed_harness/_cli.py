@@ -93,7 +93,7 @@ def _conform(args: argparse.Namespace) -> int:
     if missing:
         print(
             f"taskbed conform needs the harness extra (missing: {', '.join(missing)}); "
-            "install it with: python -m pip install 'taskbed[harness]'",
+            "install it with: python -m pip install '<path to taskbed>[harness]'",
             file=sys.stderr,
         )
         return 2
