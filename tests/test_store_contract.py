@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import math
 import sqlite3
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -762,3 +763,30 @@ def test_memory_and_sqlite_stores_agree(ops: list[tuple[Any, ...]]) -> None:
         loop.close()
         for store in stores:
             store.close()
+
+
+def test_sqlite_file_opened_by_many_connections_at_once(tmp_path: Path) -> None:
+    # A new file: the journal-mode switch of concurrent openers answers "locked" at once,
+    # without the busy handler; every opener must still succeed.
+    for attempt in range(10):
+        path = tmp_path / f"fresh-{attempt}.db"
+        barrier = threading.Barrier(6)
+        errors: list[BaseException] = []
+
+        def open_store(
+            path: Path = path,
+            barrier: threading.Barrier = barrier,
+            errors: list[BaseException] = errors,
+        ) -> None:
+            barrier.wait()
+            try:
+                SQLiteStore(path).close()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_store) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []

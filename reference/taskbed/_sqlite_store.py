@@ -18,6 +18,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Collection, Iterable
 from typing import Any
 
@@ -171,10 +172,32 @@ class SQLiteStore:
         self._flush_scheduled = False
         self._closed = False
         with self._lock:
-            if self.shared:
-                self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            self._open_schema(busy_timeout)
+
+    def _open_schema(self, busy_timeout: float) -> None:
+        """Switch to WAL and create the schema, while other processes may do the same.
+
+        SQLite answers "database is locked" at once, without the busy handler, when two
+        connections change the journal mode of a new file together; so retry for as long as
+        the busy timeout allows. The schema is created in one write transaction.
+        """
+        deadline = time.monotonic() + busy_timeout
+        delay = 0.001
+        while True:
+            try:
+                if self.shared:
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                with self._transaction():
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            self._db.execute(statement)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
 
     # ------------------------------------------------------------ write-behind buffer
 
