@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from conftest import make_session
-from taskbed import Lease, Runtime, SQLiteStore, TaskRecord, TaskStore, ui
+from taskbed import Connection, Lease, Runtime, SQLiteStore, TaskRecord, TaskStore, ui
 from taskbed._manager import HOST
 
 # ---------------------------------------------------------------- helpers
@@ -198,9 +198,8 @@ async def test_before_start_submission_and_confirmation_raise(store: TaskStore) 
     store.close()
 
 
-@pytest.mark.rule("MGR-1")
-@pytest.mark.asyncio
-async def test_after_stop_submission_and_confirmation_raise(store: TaskStore) -> None:
+async def _stopped_after_one_task(store: TaskStore) -> tuple[Runtime, Connection, str]:
+    """A runtime that ran one keyed task to completion and was stopped; its owner connected."""
     rt = Runtime(store)
     conn = rt.connect(7, 10)
     await rt.start()
@@ -208,6 +207,13 @@ async def test_after_stop_submission_and_confirmation_raise(store: TaskStore) ->
     await rt.wait(tid, timeout=2)
     await rt.stop()
     conn.messages.clear()
+    return rt, conn, tid
+
+
+@pytest.mark.rule("MGR-1")
+@pytest.mark.asyncio
+async def test_after_stop_submission_and_confirmation_raise(store: TaskStore) -> None:
+    rt, conn, tid = await _stopped_after_one_task(store)
 
     await _assert_not_initialized(rt)
 
@@ -270,13 +276,7 @@ async def test_without_a_manager_progress_is_a_no_op_and_queries_are_empty(
 @pytest.mark.rule("MGR-2")
 @pytest.mark.asyncio
 async def test_after_stop_progress_is_a_no_op_and_queries_are_empty(store: TaskStore) -> None:
-    rt = Runtime(store)
-    conn = rt.connect(7, 10)
-    await rt.start()
-    tid = await sdk_of(rt).tasks.run_background(_job(), task_key="k")
-    await rt.wait(tid, timeout=2)
-    await rt.stop()
-    conn.messages.clear()
+    rt, conn, tid = await _stopped_after_one_task(store)
     before = store.get(tid)
 
     await _assert_no_ops(rt, tid)
