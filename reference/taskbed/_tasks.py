@@ -414,26 +414,20 @@ class Tasks:
             manager.emit_progress(task_id, value, label, checkpoint=checkpoint is not None)
 
     async def request_confirmation(
-        self, task_id: str, builder: ui.Builder | Sequence[ui.Component]
+        self, task_id: str, builder: ui.Builder | Sequence[ui.Component | dict[str, Any]]
     ) -> Any:
         """Ask the task's owner to confirm, and wait for their answer (CONF).
 
         The task is ``waiting_confirmation`` until the answer arrives, then ``running`` again.
+        *builder* is a ``ui.Builder`` (as on the platform) or a list of components.
 
         Raises:
             ValueError: no task has that id.
             RuntimeError: the task manager is not running.
+            TypeError: *builder* is neither a builder nor a list of components.
         """
         manager = self._require_manager()
-        if isinstance(builder, ui.Builder):
-            components = builder.build()
-        elif isinstance(builder, Sequence) and not isinstance(builder, str):
-            components = ui.Builder(*builder).build()
-        else:
-            raise TypeError(
-                f"expected a ui.Builder, got {builder!r}; build one with "
-                "ui.Builder().add(ui.Text('Proceed?')).add(ui.Button('Yes'))"
-            )
+        components = ui.serialize_components(builder)
         return await manager.request_confirmation(task_id, components)
 
     # ------------------------------------------------------------ queries
