@@ -159,7 +159,6 @@ class Title(Component):
         self.set_prop("level", level)
 
 
-
 class Button(Component):
     """A button that dispatches *action* with *params* as its context when pressed.
 
@@ -414,6 +413,42 @@ class Builder:
                 "value": value,
             }
         }
+
+    @staticmethod
+    def build_collection_append_payload(
+        component_id: str, property_name: str, value: Any, *, surface_id: str = "main"
+    ) -> dict[str, Any]:
+        """A ``propertyUpdate`` appending *value* to a collection prop."""
+        return Builder.build_property_update_payload(
+            component_id, property_name, value, "append", surface_id
+        )
+
+    @staticmethod
+    def build_collection_prepend_payload(
+        component_id: str, property_name: str, value: Any, *, surface_id: str = "main"
+    ) -> dict[str, Any]:
+        """A ``propertyUpdate`` prepending *value* to a collection prop."""
+        return Builder.build_property_update_payload(
+            component_id, property_name, value, "prepend", surface_id
+        )
+
+    @staticmethod
+    def build_collection_remove_payload(
+        component_id: str, property_name: str, value: Any, *, surface_id: str = "main"
+    ) -> dict[str, Any]:
+        """A ``propertyUpdate`` removing *value* from a collection prop."""
+        return Builder.build_property_update_payload(
+            component_id, property_name, value, "remove", surface_id
+        )
+
+    @staticmethod
+    def build_collection_replace_payload(
+        component_id: str, property_name: str, value: Any, *, surface_id: str = "main"
+    ) -> dict[str, Any]:
+        """A ``propertyUpdate`` replacing a collection prop by *value*."""
+        return Builder.build_property_update_payload(
+            component_id, property_name, value, "replace", surface_id
+        )
 
     def __len__(self) -> int:
         return len(self._components)
