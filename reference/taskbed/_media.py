@@ -45,7 +45,7 @@ class Media:
             raise MediaNotFoundError(
                 f"no media is stored at {key!r} (stored: {known}); give it to the runtime first: "
                 f"Runtime(media={{{key!r}: b'...'}}) or, in a test, "
-                f"taskbed.media.add({key!r}, b'...') "
+                f"taskbed.add_media({key!r}, b'...') "
                 "(see docs/guides/testing-modules.md#media-translations-and-effects)"
             ) from None
 
