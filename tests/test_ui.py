@@ -1,7 +1,8 @@
 """The ``ui`` vocabulary is the platform's: constructors, signatures and serialized dicts.
 
 The expected dicts are written out by hand from the platform's SDK (democrai 0.0.1b4,
-``democrai/sdk/components`` and ``democrai/sdk/ui.py``).
+``democrai/sdk/components`` and ``democrai/sdk/ui.py``); tests/test_platform_parity.py compares
+them with the platform's own classes where an interpreter with the platform is given.
 """
 
 from __future__ import annotations
