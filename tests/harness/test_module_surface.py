@@ -232,6 +232,27 @@ async def test_namespaces_are_added_or_replaced_on_every_sdk(taskbed: Harness) -
     assert taskbed.sdk().database.module == "mod"  # outside a request too
 
 
+def test_a_namespace_is_built_once_per_sdk_when_first_read() -> None:
+    built: list[ModuleSDK] = []
+
+    def counted(sdk: ModuleSDK) -> object:
+        built.append(sdk)
+        return object()
+
+    rt = taskbed.Runtime(namespaces={"db": counted})
+    sdk = rt.sdk(session={"user": {"id": 1}}, module="m")
+    assert built == []  # nothing built for an SDK that never reads it
+    results: list[object] = []
+    threads = [threading.Thread(target=lambda: results.append(sdk.db)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert built == [sdk]
+    assert all(r is results[0] for r in results)
+    assert rt.sdk(session={}, module="m").db is not results[0]  # one per SDK
+
+
 def test_namespace_names_and_factories_are_checked() -> None:
     with pytest.raises(ValueError, match=r"^'tasks' is part of the SDK itself"):
         taskbed.Runtime(namespaces={"tasks": Database})
