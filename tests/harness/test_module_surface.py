@@ -311,6 +311,7 @@ async def test_emitted_effects_and_live_messages_in_order(taskbed: Harness) -> N
         async def job() -> None:
             await asyncio.sleep(30)
             await module_sdk.effects.publish_property_update("s-1", "bar", "value", 50)
+            await module_sdk.effects.publish_collection_remove("s-1", "list", "items", 3)
 
         await module_sdk.tasks.run_background(job(), "Job")
         fx = module_sdk.effects
@@ -327,11 +328,13 @@ async def test_emitted_effects_and_live_messages_in_order(taskbed: Harness) -> N
         await emitted.expect("propertyUpdate")
     body = await emitted.expect("propertyUpdate", within=60, componentId="bar", value=50)
     assert body["propertyName"] == "value"
+    removed = await emitted.expect("propertyUpdate", action="remove", value=3)
     emitted.expect_nothing()
     assert emitted.items[-1].stream_id == "s-1"
     assert emitted.ui_messages == [
         {"stateUpdate": {"scope": "page", "values": {"/a": 1}}},
         {"propertyUpdate": body},
+        {"propertyUpdate": removed},
     ]
     assert emitted.toasts == [{"level": "success", "message": "Started"}]
 
