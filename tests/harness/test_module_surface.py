@@ -383,6 +383,8 @@ def test_the_standin_provides_the_platform_imports(no_standin: None) -> None:
         "Text": {"text": {"literalString": "Replace?"}}
     }
     assert sys.modules["democrai"].__taskbed_standin__ is True
+    with pytest.raises(ImportError, match=r"^taskbed's stand-in for democrai\.sdk\.decorators "):
+        from democrai.sdk.decorators import validate  # type: ignore[import-not-found] # noqa: F401
     assert not platform_installed()
     assert install_democrai_standin() is finder  # once
     uninstall_democrai_standin()
