@@ -1,0 +1,331 @@
+"""PostgresStore with several runtimes ("hosts") on one real PostgreSQL database.
+
+The port-level contract runs in tests/test_store_contract.py; these tests are what only a
+multi-host store has: messages that travel between runtimes through LISTEN/NOTIFY, the
+offline queue shared by every host, dedup across hosts and processes, and recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from conftest import kinds, make_session
+from taskbed import Connection, Owner, PostgresStore, Runtime
+
+pytestmark = pytest.mark.asyncio
+
+Hosts = Callable[[int], AbstractAsyncContextManager[list[Runtime]]]
+
+
+@pytest.fixture
+def hosts(postgres_dsn: str) -> Hosts:
+    """``async with hosts(2) as (a, b):`` two started runtimes, each with its own store."""
+
+    @asynccontextmanager
+    async def open_hosts(n: int) -> AsyncIterator[list[Runtime]]:
+        runtimes = [Runtime(store=PostgresStore(postgres_dsn)) for _ in range(n)]
+        try:
+            for runtime in runtimes:
+                await runtime.start()
+            yield runtimes
+        finally:
+            for runtime in runtimes:
+                await runtime.stop()
+                runtime.store.close()
+
+    return open_hosts
+
+
+async def receive(conn: Connection, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The next *count* messages of *conn*, or a timeout naming what did arrive."""
+    got: list[dict[str, Any]] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while len(got) < count:
+                got.append(await conn.receive())
+    except TimeoutError:
+        raise AssertionError(f"got {kinds(got)} of {count} messages within {timeout}s") from None
+    return got
+
+
+async def quiet(conn: Connection, seconds: float = 0.3) -> list[dict[str, Any]]:
+    """What else arrives within *seconds* (nothing, in a test that expects no duplicate)."""
+    before = len(conn.messages)
+    await asyncio.sleep(seconds)
+    return conn.messages[before:]
+
+
+async def test_an_owner_on_host_b_hears_every_message_of_a_task_on_host_a(hosts: Hosts) -> None:
+    async with hosts(2) as (a, b):
+        conn = b.connect(7, 10)
+        release = asyncio.Event()
+
+        async def job() -> str:
+            await release.wait()
+            return "done"
+
+        async with a.request(session=make_session(), module="mod") as sdk:
+            task_id = await sdk.tasks.run_background(job(), label="Sync")
+            [started] = await receive(conn, 1)
+            await sdk.tasks.update_progress(task_id, 0.5, checkpoint={"page": 2})
+            [progress] = await receive(conn, 1)
+            release.set()
+        await a.wait(task_id)
+        [completed] = await receive(conn, 1)
+        assert started == {"backgroundTaskStarted": {"taskId": task_id, "label": "Sync",
+                                                     "module": "mod"}}  # fmt: skip
+        assert progress["backgroundTaskProgress"]["progress"] == 0.5
+        assert progress["backgroundTaskProgress"]["checkpoint"] is True
+        assert completed["backgroundTaskCompleted"]["result"] == "done"
+        assert await quiet(conn) == []  # once: no duplicate from any host
+
+
+async def test_messages_reach_only_the_owner_on_other_hosts(hosts: Hosts) -> None:
+    async with hosts(2) as (a, b):
+        owner = b.connect(7, 10)
+        others = [b.connect(8, 10), b.connect(7, None), b.connect("7", 10), a.connect(8, 10)]
+        async with a.request(session=make_session(), module="mod") as sdk:
+            task_id = await sdk.tasks.run_background(asyncio.sleep(0, "x"))
+        await a.wait(task_id)
+        got = await receive(owner, 2)
+        assert kinds(got) == ["backgroundTaskStarted", "backgroundTaskCompleted"]
+        await quiet(owner)
+        assert [conn.messages for conn in others] == [[], [], [], []]
+
+
+async def test_an_owner_on_both_hosts_gets_each_message_once_on_each(hosts: Hosts) -> None:
+    async with hosts(3) as (a, b, c):
+        here, there = a.connect(7, 10), b.connect(7, 10)
+        async with a.request(session=make_session(), module="mod") as sdk:
+            ids = [await sdk.tasks.run_background(asyncio.sleep(0, n)) for n in range(5)]
+        for task_id in ids:
+            await a.wait(task_id)
+        await receive(there, 10)
+        await asyncio.sleep(0.3)
+        for conn in (here, there):
+            assert (
+                kinds(conn.messages)
+                == ["backgroundTaskStarted"] * 5 + ["backgroundTaskCompleted"] * 5
+            ), conn
+            done = [m["backgroundTaskCompleted"]["taskId"] for m in conn.messages[5:]]
+            assert done == ids  # in order
+        assert c.channel.is_online(c.connect(9, 9).owner)
+
+
+async def test_a_task_on_b_in_order_for_many_tasks(hosts: Hosts) -> None:
+    async with hosts(2) as (a, b):
+        conn = a.connect(7, 10)
+
+        async def job(n: int) -> int:
+            for step in range(3):
+                await asyncio.sleep(0)
+                await sdk.tasks.update_progress(ids[n], (step + 1) / 4)
+            return n
+
+        ids: list[str] = []
+        async with b.request(session=make_session(), module="mod") as sdk:
+            ids.extend([await sdk.tasks.run_background(job(n)) for n in range(10)])
+        for task_id in ids:
+            await b.wait(task_id)
+        got = await receive(conn, 50)
+        for task_id in ids:
+            mine = [m for m in got if next(iter(m.values()))["taskId"] == task_id]
+            assert kinds(mine) == ["backgroundTaskStarted"] + ["backgroundTaskProgress"] * 3 + [
+                "backgroundTaskCompleted"
+            ]
+            steps = [m["backgroundTaskProgress"]["progress"] for m in mine[1:4]]
+            assert steps == [0.25, 0.5, 0.75]
+
+
+async def test_dedup_across_hosts(hosts: Hosts) -> None:
+    async with hosts(2) as (a, b):
+        release = asyncio.Event()
+
+        async def job() -> str:
+            await release.wait()
+            return "once"
+
+        async with a.request(session=make_session(user=1), module="mod") as sdk_a:
+            first = await sdk_a.tasks.run_background(job(), task_key="sync:10")
+        duplicate = job()
+        async with b.request(session=make_session(user=2), module="mod") as sdk_b:
+            second = await sdk_b.tasks.run_background(duplicate, task_key="sync:10")
+            rows = sdk_b.tasks.get_tasks_by_key("sync:10", organization_id=10)
+        assert second == first
+        assert [r["taskId"] for r in rows] == [first]
+        assert duplicate.cr_frame is None  # closed, never run
+        release.set()
+        assert (await b.wait(first))["result"] == "once"
+        async with b.request(session=make_session(user=2), module="mod") as sdk_b:
+            third = await sdk_b.tasks.run_background(asyncio.sleep(0), task_key="sync:10")
+        assert third != first  # a terminal task no longer holds the key
+        await b.wait(third)
+
+
+async def test_offline_owner_gets_the_outcome_on_another_host(hosts: Hosts) -> None:
+    async with hosts(2) as (a, b):
+        async with a.request(session=make_session(), module="mod") as sdk:
+            ok = await sdk.tasks.run_background(asyncio.sleep(0, {"n": 1}))
+            await a.wait(ok)
+            failing = await sdk.tasks.run_background(_fail())
+            await a.wait(failing)
+        await asyncio.sleep(0)  # the buffered outcome is written at the end of the iteration
+        conn = b.connect(7, 10)
+        assert kinds(conn.messages) == ["backgroundTaskCompleted", "backgroundTaskError"]
+        assert conn.messages[1]["backgroundTaskError"]["error"] == "boom"
+        assert a.connect(7, 10).messages == []  # drained once, for every host
+
+
+async def _fail() -> None:
+    raise RuntimeError("boom")
+
+
+async def test_the_owner_leaving_host_b_makes_messages_wait_for_them(hosts: Hosts) -> None:
+    async with hosts(2) as (a, b):
+        conn = b.connect(7, 10)
+        release = asyncio.Event()
+
+        async def job() -> str:
+            await release.wait()
+            return "later"
+
+        async with a.request(session=make_session(), module="mod") as sdk:
+            task_id = await sdk.tasks.run_background(job())
+        await receive(conn, 1)
+        conn.close()
+        release.set()
+        await a.wait(task_id)
+        await asyncio.sleep(0.2)
+        again = b.connect(7, 10)
+        assert kinds(again.messages) == ["backgroundTaskCompleted"]
+
+
+async def test_a_message_too_big_for_a_notification_still_arrives(hosts: Hosts) -> None:
+    async with hosts(2) as (a, b):
+        conn = b.connect(7, 10)
+        big = {"rows": ["x" * 100] * 200, "text": "é🚀" * 2000}
+        async with a.request(session=make_session(), module="mod") as sdk:
+            task_id = await sdk.tasks.run_background(asyncio.sleep(0, big))
+        await a.wait(task_id)
+        _, completed = await receive(conn, 2)
+        assert completed["backgroundTaskCompleted"]["result"] == big
+
+
+async def test_presence_of_a_host_whose_database_connection_died_does_not_count(
+    hosts: Hosts, postgres_dsn: str
+) -> None:
+    """A host that dies is connected nowhere as soon as PostgreSQL sees its backend go."""
+    async with hosts(1) as (a,):
+        ghost = PostgresStore(postgres_dsn)
+        ghost.join(Owner(7, 10))
+        with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(backend) FROM taskbed_presence WHERE node = %s",
+                (ghost.node,),
+            )
+        async with a.request(session=make_session(), module="mod") as sdk:
+            task_id = await sdk.tasks.run_background(asyncio.sleep(0, "kept"))
+        await a.wait(task_id)
+        await asyncio.sleep(0)
+        assert kinds(a.connect(7, 10).messages) == ["backgroundTaskCompleted"]
+        with pytest.raises(psycopg.OperationalError):
+            ghost.close()
+
+
+async def test_recovery_interrupts_the_tasks_of_a_host_whose_lease_expired(
+    postgres_dsn: str,
+) -> None:
+    gone = Runtime(store=PostgresStore(postgres_dsn), lease_seconds=0.3)
+    await gone.start()
+    async with gone.request(session=make_session(), module="mod") as sdk:
+        task_id = await sdk.tasks.run_background(asyncio.sleep(3600), task_key="k")
+    await asyncio.sleep(0)
+    # The host freezes: its heartbeat stops, its lease runs out.
+    assert gone.manager is not None
+    assert gone.manager._heartbeat is not None
+    gone.manager._heartbeat.cancel()
+    await asyncio.sleep(0.5)
+    survivor = Runtime(store=PostgresStore(postgres_dsn))
+    try:
+        await survivor.start()
+        conn = survivor.connect(7, 10)
+        row = await survivor.wait(task_id, timeout=5)
+        assert row["status"] == "interrupted"
+        assert "restart" in row["error"]
+        assert kinds(conn.messages) == ["backgroundTaskError"]
+        async with survivor.request(session=make_session(), module="mod") as sdk:
+            fresh = await sdk.tasks.run_background(asyncio.sleep(0), task_key="k")
+        assert fresh != task_id
+        await survivor.wait(fresh)
+    finally:
+        await survivor.stop()
+        survivor.store.close()
+        await gone.stop()
+        gone.store.close()
+
+
+SUBMITTER = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from taskbed import PostgresStore, Runtime
+
+    async def main(dsn, start):
+        store = PostgresStore(dsn)
+        async with Runtime(store=store) as rt:
+            session = {"user": {"id": 7, "organization_id": 10}}
+            async with rt.request(session=session, module="mod") as sdk:
+                while not __import__("os").path.exists(start):
+                    await asyncio.sleep(0.005)
+                ids = [
+                    await sdk.tasks.run_background(asyncio.sleep(5), task_key="one")
+                    for _ in range(50)
+                ]
+            print(json.dumps(ids), flush=True)
+            await asyncio.sleep(2)  # stay alive while the others submit
+        store.close()
+
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    """
+)
+
+
+@pytest.mark.slow
+async def test_eight_processes_fifty_same_key_submits_make_one_task(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    start = tmp_path / "go"
+    env = {**os.environ, "PYTHONWARNINGS": "error"}
+    argv = [sys.executable, "-c", SUBMITTER, postgres_dsn, str(start)]
+    procs = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for _ in range(8)
+    ]
+    try:
+        await asyncio.sleep(1.0)  # let them all connect
+        start.touch()
+        outputs = [await asyncio.to_thread(p.communicate, timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err
+    ids = {task_id for out, _ in outputs for task_id in json.loads(out)}
+    assert len(ids) == 1
+    with psycopg.connect(postgres_dsn) as check:
+        [(count,)] = check.execute("SELECT count(*) FROM taskbed_tasks").fetchall()
+    assert count == 1
