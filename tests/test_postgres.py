@@ -23,7 +23,7 @@ import psycopg
 import pytest
 
 from conftest import kinds, make_session
-from taskbed import Connection, Owner, PostgresStore, Runtime
+from taskbed import Connection, Owner, PostgresStore, Runtime, ui
 
 pytestmark = pytest.mark.asyncio
 
@@ -329,3 +329,42 @@ async def test_eight_processes_fifty_same_key_submits_make_one_task(
     with psycopg.connect(postgres_dsn) as check:
         [(count,)] = check.execute("SELECT count(*) FROM taskbed_tasks").fetchall()
     assert count == 1
+
+
+async def test_an_owner_on_host_b_cancels_a_task_running_on_host_a(hosts: Hosts) -> None:
+    async with hosts(2) as (a, b):
+        conn = b.connect(7, 10)
+        async with a.request(session=make_session(), module="mod") as sdk:
+            task_id = await sdk.tasks.run_background(asyncio.sleep(3600))
+        await receive(conn, 1)
+        await conn.send({"backgroundTaskCancel": {"taskId": task_id}})
+        row = await a.wait(task_id, timeout=10)
+        assert (row["status"], row["error"]) == ("interrupted", "interrupted: cancelled")
+        [error] = await receive(conn, 1)
+        assert error["backgroundTaskError"]["taskId"] == task_id
+
+
+async def test_an_owner_on_host_b_answers_a_confirmation_on_host_a(hosts: Hosts) -> None:
+    async with hosts(2) as (a, b):
+        conn = b.connect(7, 10)
+        stranger = b.connect(8, 10)
+
+        async def job() -> Any:
+            return await sdk.tasks.request_confirmation(
+                ids[0], ui.Builder().add(ui.Text("Publish?")).add(ui.Button("Yes"))
+            )
+
+        ids: list[str] = []
+        async with a.request(session=make_session(), module="mod") as sdk:
+            ids.append(await sdk.tasks.run_background(job()))
+            _, asked = await receive(conn, 2)
+            assert asked["backgroundTaskConfirmation"]["taskId"] == ids[0]
+            answer = {"backgroundTaskResponse": {"taskId": ids[0], "response": {"ok": 1}}}
+            await stranger.send(answer)  # not the owner: ignored on every host
+            await asyncio.sleep(0.3)
+            assert a.store.get(ids[0]).status == "waiting_confirmation"  # type: ignore[union-attr]
+            await conn.send(answer)
+            row = await a.wait(ids[0], timeout=10)
+        assert (row["status"], row["result"]) == ("completed", {"ok": 1})
+        [completed] = await receive(conn, 1)
+        assert completed["backgroundTaskCompleted"]["result"] == {"ok": 1}

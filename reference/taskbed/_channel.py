@@ -10,6 +10,7 @@ manager, which ignores those about tasks the sender does not own.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,6 +20,11 @@ from ._ports import Broadcaster, Clock, Listening, TaskStore
 
 #: Messages a client may send, and the one key each carries.
 CLIENT_COMMANDS = frozenset({"backgroundTaskResponse", "backgroundTaskCancel", "backgroundTaskGet"})
+#: The commands sent on to other hosts (the one that runs the task acts on them); a Get is
+#: answered here, from the store, or its sender would get one answer per host.
+FORWARDED = frozenset({"backgroundTaskResponse", "backgroundTaskCancel"})
+
+log = logging.getLogger("taskbed")
 
 Handler = Callable[["Connection", str, dict[str, Any]], Awaitable[None]]
 
@@ -128,16 +134,39 @@ class ConnectionRegistry:
         self.handler: Handler | None = None
         self._broadcast: Broadcaster | None = store if isinstance(store, Broadcaster) else None
         self._listening: Listening | None = None
+        self._remote_commands: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Receive the messages other hosts send to owners connected here (if they can)."""
         if self._broadcast is not None and self._listening is None:
-            self._listening = await self._broadcast.listen(self._deliver_remote)
+            self._listening = await self._broadcast.listen(
+                self._deliver_remote, self._command_remote
+            )
 
     async def stop(self) -> None:
         listening, self._listening = self._listening, None
         if listening is not None:
             await listening.stop()
+        commands, self._remote_commands = self._remote_commands, set()
+        for task in commands:
+            task.cancel()
+        if commands:
+            await asyncio.gather(*commands, return_exceptions=True)
+
+    def _command_remote(self, owner: Owner, command: str, body: dict[str, Any]) -> None:
+        """A client command an owner sent to another host: act on it if the task runs here."""
+        if self.handler is None:
+            return
+        proxy = Connection(self, owner)  # never registered: it stands for the remote sender
+        proxy.closed = True
+        task = asyncio.get_running_loop().create_task(self.handler(proxy, command, body))
+        self._remote_commands.add(task)
+        task.add_done_callback(self._remote_command_done)
+
+    def _remote_command_done(self, task: asyncio.Task[None]) -> None:
+        self._remote_commands.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("taskbed: a command from another host failed", exc_info=task.exception())
 
     def _deliver_remote(self, owner: Owner, message: Message, durable: bool) -> None:
         conns = self._by_owner.get(self._slot(owner))
@@ -198,3 +227,5 @@ class ConnectionRegistry:
     async def dispatch(self, conn: Connection, command: str, body: dict[str, Any]) -> None:
         if self.handler is not None:  # no task manager: nothing can act on it
             await self.handler(conn, command, body)
+            if self._broadcast is not None and command in FORWARDED:
+                self._broadcast.forward(conn.owner, command, body)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from ._model import Message, Owner, TaskRecord
 
@@ -125,6 +125,10 @@ class Broadcaster(Protocol):
         """
         ...
 
+    def forward(self, owner: Owner, command: str, body: dict[str, Any]) -> None:
+        """Send a client command to the other hosts (the one running the task acts on it)."""
+        ...
+
     def join(self, owner: Owner) -> list[Message]:
         """The owner's first connection on this host opened: note it, drain what was kept."""
         ...
@@ -133,8 +137,13 @@ class Broadcaster(Protocol):
         """The owner's last connection on this host closed."""
         ...
 
-    async def listen(self, deliver: Callable[[Owner, Message, bool], None]) -> Listening:
-        """Call ``deliver(owner, message, durable)`` for each message other hosts send."""
+    async def listen(
+        self,
+        deliver: Callable[[Owner, Message, bool], None],
+        command: Callable[[Owner, str, dict[str, Any]], None] | None = None,
+    ) -> Listening:
+        """Call ``deliver(owner, message, durable)`` for each message other hosts send,
+        and ``command(owner, name, body)`` for each client command they forward."""
         ...
 
 

@@ -146,6 +146,7 @@ _LIVE = (
 )
 
 Deliver = Callable[[Owner, Message, bool], None]
+Command = Callable[[Owner, str, dict[str, Any]], None]
 
 
 def _dump(value: object) -> str:
@@ -246,6 +247,8 @@ class PostgresStore:
         #: Messages to send with the next write: (user scope, org scope, JSON, durable,
         #: delivered here already).
         self._notes: list[tuple[str, str, str, bool, bool]] = []
+        #: Client commands for the other hosts, sent with the next write (JSON payloads).
+        self._commands: list[str] = []
         self._flush_scheduled = False
         self._closed = False
         try:
@@ -287,6 +290,11 @@ class PostgresStore:
                 )
             if notes:
                 outbox.extend(self._route(cur, notes))
+            if self._commands:
+                commands, self._commands = self._commands, []
+                cur.executemany(
+                    "SELECT pg_notify(%s, %s)", [(self.channel_name, c) for c in commands]
+                )
             if outbox:
                 cur.executemany(
                     "INSERT INTO taskbed_outbox (user_scope, org_scope, message) "
@@ -346,13 +354,13 @@ class PostgresStore:
         """Write every buffered update and message now, in one transaction."""
         with self._lock:
             self._flush_scheduled = False
-            if not (self._pending or self._outbox or self._notes) or self._closed:
+            if not self._buffered() or self._closed:
                 return
             with self._db.transaction():
                 self._apply_pending()
 
     def _buffered(self) -> bool:
-        return bool(self._pending or self._outbox or self._notes)
+        return bool(self._pending or self._outbox or self._notes or self._commands)
 
     def _schedule_flush(self) -> None:
         with self._lock:
@@ -481,6 +489,28 @@ class PostgresStore:
             )
             self._schedule_flush()
 
+    def forward(self, owner: Owner, command: str, body: dict[str, Any]) -> None:
+        """Send a client command of *owner* to the other hosts, with the next write.
+
+        The host that runs the task acts on it (a cancel, a confirmation's answer); the others
+        have no such task and ignore it.
+        """
+        payload = json.dumps(
+            {
+                "n": self.node,
+                "u": scope(owner.user_id),
+                "o": scope(owner.organization_id),
+                "c": command,
+                "m": json.dumps(body),
+            }
+        )
+        if len(payload.encode()) > NOTIFY_LIMIT:
+            log.warning("taskbed: a client command too large for another host was dropped")
+            return
+        with self._lock:
+            self._commands.append(payload)
+            self._schedule_flush()
+
     def join(self, owner: Owner) -> list[Message]:
         """The owner has a connection here now: note it, and return what was kept for them."""
         user, org = scope(owner.user_id), scope(owner.organization_id)
@@ -511,11 +541,12 @@ class PostgresStore:
                     (self.node, user, org),
                 )
 
-    async def listen(self, deliver: Deliver) -> Listener:
+    async def listen(self, deliver: Deliver, command: Command | None = None) -> Listener:
         """Start delivering the messages other hosts send to owners connected here.
 
         *deliver(owner, message, durable)* is called on the event loop, in the order the
-        other hosts committed them. Returns the listener; ``await listener.stop()`` ends it.
+        other hosts committed them; *command(owner, name, body)* for the client commands
+        other hosts forward. Returns the listener; ``await listener.stop()`` ends it.
         """
         pg = _import_psycopg()
         conn = await pg.AsyncConnection.connect(self.dsn, autocommit=True)
@@ -524,7 +555,7 @@ class PostgresStore:
         except BaseException:
             await conn.close()
             raise
-        listener = Listener(self, conn, deliver)
+        listener = Listener(self, conn, deliver, command)
         listener.start()
         return listener
 
@@ -597,11 +628,16 @@ class Listener:
     """Receives the notifications of other hosts and hands them to ``deliver``."""
 
     def __init__(
-        self, store: PostgresStore, conn: psycopg.AsyncConnection[Any], deliver: Deliver
+        self,
+        store: PostgresStore,
+        conn: psycopg.AsyncConnection[Any],
+        deliver: Deliver,
+        command: Command | None,
     ) -> None:
         self._store = store
         self._conn = conn
         self._deliver = deliver
+        self._command = command
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -625,6 +661,10 @@ class Listener:
                 return
             body = json.loads(fetched)
         owner = Owner(json.loads(body["u"]), json.loads(body["o"]))
+        if "c" in body:
+            if self._command is not None:
+                self._command(owner, str(body["c"]), json.loads(body["m"]))
+            return
         self._deliver(owner, json.loads(body["m"]), bool(body["d"]))
 
     async def stop(self) -> None:
