@@ -155,11 +155,16 @@ class ConnectionRegistry:
 
     def _command_remote(self, owner: Owner, command: str, body: dict[str, Any]) -> None:
         """A client command an owner sent to another host: act on it if the task runs here."""
-        if self.handler is None:
+        handler = self.handler
+        if handler is None:
             return
         proxy = Connection(self, owner)  # never registered: it stands for the remote sender
         proxy.closed = True
-        task = asyncio.get_running_loop().create_task(self.handler(proxy, command, body))
+
+        async def act() -> None:
+            await handler(proxy, command, body)
+
+        task = asyncio.get_running_loop().create_task(act())
         self._remote_commands.add(task)
         task.add_done_callback(self._remote_command_done)
 
