@@ -12,6 +12,7 @@ prints its DSN and stops it on Enter.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import glob
 import grp
@@ -84,6 +85,8 @@ class Cluster:
         )  # fmt: skip
 
     def stop(self) -> None:
+        if not self.dir.exists():
+            return
         try:
             if (self.data / "postmaster.pid").exists():
                 self._run(
@@ -120,11 +123,13 @@ def server() -> Iterator[str]:
             "TASKBED_POSTGRES_DSN to a server the tests may create schemas on"
         )
     cluster = Cluster(bin_dir)
+    atexit.register(cluster.stop)  # also when a caller never gets to the finally below
     try:
         cluster.start()
         yield cluster.dsn
     finally:
         cluster.stop()
+        atexit.unregister(cluster.stop)
 
 
 def with_schema(dsn: str, schema: str) -> str:
