@@ -356,7 +356,9 @@ class PostgresStore:
             self._flush_scheduled = False
             if not self._buffered() or self._closed:
                 return
-            with self._db.transaction():
+            # Pipelined: BEGIN, the updates and COMMIT go out without waiting for each
+            # answer (only the presence look-up of _route waits for one).
+            with self._db.pipeline(), self._db.transaction():
                 self._apply_pending()
 
     def _buffered(self) -> bool:
@@ -388,18 +390,22 @@ class PostgresStore:
             record.updated_at, record.runner_id,
         )  # fmt: skip
         with self._lock:
+            if self._pending or self._outbox:
+                # Read-your-writes: a buffered completion of the key's holder goes in first.
+                # Buffered messages with no state change to ride with (a started message)
+                # may wait for the end of the iteration.
+                self.flush()
+            # One statement, one round trip, its own transaction. Under READ COMMITTED each
+            # statement sees what was committed before it began, so the look-up that follows
+            # a conflict finds the holder (or finds it ended, and the insert is tried again).
             for _ in range(100):
-                with self._db.transaction():
-                    if self._buffered():
-                        self._apply_pending()
-                    if self._db.execute(_INSERT, row).fetchone() is not None:
-                        return record, True
-                    holder = self._db.execute(_HOLDER, (org, key)).fetchone()
-                    if holder is not None:
-                        return _row(holder), False
-                    if self._db.execute(_SELECT_BY_ID, (record.id,)).fetchone() is not None:
-                        raise ValueError(f"task id {record.id} already exists")
-                # The holder ended between our insert and our look-up: try again.
+                if self._db.execute(_INSERT, row).fetchone() is not None:
+                    return record, True
+                holder = self._db.execute(_HOLDER, (org, key)).fetchone()
+                if holder is not None:
+                    return _row(holder), False
+                if self._db.execute(_SELECT_BY_ID, (record.id,)).fetchone() is not None:
+                    raise ValueError(f"task id {record.id} already exists")
             raise RuntimeError(f"could not insert task {record.id}: its key kept changing hands")
 
     def get(self, task_id: str) -> TaskRecord | None:
