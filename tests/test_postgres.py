@@ -368,3 +368,113 @@ async def test_an_owner_on_host_b_answers_a_confirmation_on_host_a(hosts: Hosts)
         assert (row["status"], row["result"]) == ("completed", {"ok": 1})
         [completed] = await receive(conn, 1)
         assert completed["backgroundTaskCompleted"]["result"] == {"ok": 1}
+
+
+HOST = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from taskbed import PostgresStore, Runtime
+
+    async def main(dsn, name, count, lease):
+        store = PostgresStore(dsn)
+        async with Runtime(store=store, lease_seconds=float(lease)) as rt:
+            session = {"user": {"id": 7, "organization_id": 10}}
+            async with rt.request(session=session, module="mod") as sdk:
+                async def job(n):
+                    for step in (1, 2, 3):
+                        await asyncio.sleep(0.01)
+                        await sdk.tasks.update_progress(ids[n], step / 4, label=f"{name}{n}")
+                    if name == "crash":
+                        await asyncio.sleep(3600)
+                    return f"{name}{n}"
+                ids = []
+                for n in range(int(count)):
+                    ids.append(await sdk.tasks.run_background(job(n), f"{name}{n}"))
+            print(json.dumps(ids), flush=True)
+            for task_id in ids:
+                await rt.wait(task_id)
+        store.close()
+
+    asyncio.run(main(*sys.argv[1:]))
+    """
+)
+
+
+def spawn_host(dsn: str, name: str, count: int, lease: float = 30.0) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", HOST, dsn, name, str(count), str(lease)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
+    )
+
+
+def task_of(message: dict[str, Any]) -> str:
+    return str(next(iter(message.values()))["taskId"])
+
+
+@pytest.mark.slow
+async def test_three_runtime_processes_behave_like_one_to_their_user(postgres_dsn: str) -> None:
+    """Tasks run in two other processes; the owner, connected to a third, hears all, once."""
+    store = PostgresStore(postgres_dsn)
+    try:
+        async with Runtime(store=store) as here:
+            conn = here.connect(7, 10)
+            procs = [spawn_host(postgres_dsn, name, 5) for name in ("a", "b")]
+            try:
+                outputs = [await asyncio.to_thread(p.communicate, timeout=120) for p in procs]
+            finally:
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+                        p.communicate()
+            for p, (_, err) in zip(procs, outputs, strict=True):
+                assert p.returncode == 0, err
+            ids = [task_id for out, _ in outputs for task_id in json.loads(out)]
+            got = await receive(conn, 5 * len(ids))
+            assert await quiet(conn) == []
+            for task_id in ids:
+                mine = [m for m in got if task_of(m) == task_id]
+                assert kinds(mine) == [
+                    "backgroundTaskStarted",
+                    *["backgroundTaskProgress"] * 3,
+                    "backgroundTaskCompleted",
+                ]
+                steps = [m["backgroundTaskProgress"]["progress"] for m in mine[1:4]]
+                assert steps == [0.25, 0.5, 0.75]
+            rows = store.find_by_user(7, 10)
+            assert sorted(r.id for r in rows) == sorted(ids)
+            assert {r.status for r in rows} == {"completed"}
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
+async def test_a_killed_host_is_recovered_by_a_live_one_and_its_owner_told(
+    postgres_dsn: str,
+) -> None:
+    store = PostgresStore(postgres_dsn)
+    try:
+        async with Runtime(store=store, lease_seconds=0.6) as survivor:
+            conn = survivor.connect(7, 10)
+            victim = spawn_host(postgres_dsn, "crash", 2, lease=0.6)
+            try:
+                assert victim.stdout is not None
+                line = await asyncio.to_thread(victim.stdout.readline)
+                ids = json.loads(line)
+                got = await receive(conn, 2 * 4)  # started and three progress, for each
+                assert {task_of(m) for m in got} == set(ids)
+            finally:
+                victim.send_signal(signal.SIGKILL)
+                await asyncio.to_thread(victim.communicate)  # reaped, its pipes closed
+            for task_id in ids:
+                row = await survivor.wait(task_id, timeout=10)
+                assert row["status"] == "interrupted"
+                assert "stopped unexpectedly" in row["error"]
+            errors = await receive(conn, 2)
+            assert kinds(errors) == ["backgroundTaskError"] * 2
+            assert {task_of(m) for m in errors} == set(ids)
+            assert await quiet(conn) == []
+    finally:
+        store.close()
