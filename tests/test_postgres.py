@@ -24,6 +24,7 @@ import pytest
 
 from conftest import kinds, make_session
 from taskbed import Connection, Owner, PostgresStore, Runtime, ui
+from taskbed._postgres_store import Listener
 
 pytestmark = pytest.mark.asyncio
 
@@ -478,3 +479,23 @@ async def test_a_killed_host_is_recovered_by_a_live_one_and_its_owner_told(
             assert await quiet(conn) == []
     finally:
         store.close()
+
+
+async def test_the_listener_reconnects_when_its_connection_breaks(
+    hosts: Hosts, postgres_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with hosts(2) as (a, b):
+        conn = b.connect(7, 10)
+        listener = b.channel._listening
+        assert isinstance(listener, Listener)
+        with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (listener.backend_pid,))
+        async with asyncio.timeout(10):
+            while "reconnecting" not in caplog.text:
+                await asyncio.sleep(0.01)
+            while listener._conn.closed:
+                await asyncio.sleep(0.01)
+        async with a.request(session=make_session(), module="mod") as sdk:
+            task_id = await sdk.tasks.run_background(asyncio.sleep(0, "after"))
+        await a.wait(task_id)
+        assert kinds(await receive(conn, 2)) == ["backgroundTaskStarted", "backgroundTaskCompleted"]

@@ -554,16 +554,21 @@ class PostgresStore:
         other hosts committed them; *command(owner, name, body)* for the client commands
         other hosts forward. Returns the listener; ``await listener.stop()`` ends it.
         """
+        listener = Listener(self, await self._listening_connection(), deliver, command)
+        listener.start()
+        return listener
+
+    async def _listening_connection(self) -> psycopg.AsyncConnection[Any]:
         pg = _import_psycopg()
-        conn = await pg.AsyncConnection.connect(self.dsn, autocommit=True)
+        conn: psycopg.AsyncConnection[Any] = await pg.AsyncConnection.connect(
+            self.dsn, autocommit=True
+        )
         try:
             await conn.execute(pg.sql.SQL("LISTEN {}").format(pg.sql.Identifier(self.channel_name)))
         except BaseException:
             await conn.close()
             raise
-        listener = Listener(self, conn, deliver, command)
-        listener.start()
-        return listener
+        return conn
 
     def _fetch_bulletin(self, bulletin: int) -> str | None:
         with self._lock:
@@ -650,11 +655,33 @@ class Listener:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        async for note in self._conn.notifies():
+        delay = 0.05
+        while True:
             try:
-                self._handle(note.payload)
+                async for note in self._conn.notifies():
+                    delay = 0.05
+                    try:
+                        self._handle(note.payload)
+                    except Exception:
+                        log.exception("taskbed: could not deliver a message from another host")
+            except Exception:  # the connection broke (server restart, network): listen again
+                log.warning(
+                    "taskbed: the connection listening to other hosts broke; reconnecting",
+                    exc_info=True,
+                )
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            try:
+                self._conn = await self._store._listening_connection()
             except Exception:
-                log.exception("taskbed: could not deliver a message from another host")
+                log.warning("taskbed: could not listen to other hosts yet", exc_info=True)
+
+    @property
+    def backend_pid(self) -> int:
+        """The database backend of the listening connection (tests terminate it)."""
+        return int(self._conn.info.backend_pid)
 
     def _handle(self, payload: str) -> None:
         body = json.loads(payload)
