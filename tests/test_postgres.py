@@ -50,6 +50,22 @@ def hosts(postgres_dsn: str) -> Hosts:
     return open_hosts
 
 
+async def connect(host: Runtime, *heard_by: Runtime, user: Any = 7, org: Any = 10) -> Connection:
+    """A connection on *host*, once the runtimes *heard_by* know the owner is connected there.
+
+    Until a runtime has heard (a notification, a few milliseconds), the started and progress
+    messages it sends skip that owner; the durable ones never do.
+    """
+    conn = host.connect(user, org)
+    async with asyncio.timeout(10):
+        while not all(
+            isinstance(h.store, PostgresStore) and h.store.connected_elsewhere(conn.owner)
+            for h in heard_by
+        ):
+            await asyncio.sleep(0.005)
+    return conn
+
+
 async def receive(conn: Connection, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
     """The next *count* messages of *conn*, or a timeout naming what did arrive."""
     got: list[dict[str, Any]] = []
@@ -71,7 +87,7 @@ async def quiet(conn: Connection, seconds: float = 0.3) -> list[dict[str, Any]]:
 
 async def test_an_owner_on_host_b_hears_every_message_of_a_task_on_host_a(hosts: Hosts) -> None:
     async with hosts(2) as (a, b):
-        conn = b.connect(7, 10)
+        conn = await connect(b, a)
         release = asyncio.Event()
 
         async def job() -> str:
@@ -96,7 +112,7 @@ async def test_an_owner_on_host_b_hears_every_message_of_a_task_on_host_a(hosts:
 
 async def test_messages_reach_only_the_owner_on_other_hosts(hosts: Hosts) -> None:
     async with hosts(2) as (a, b):
-        owner = b.connect(7, 10)
+        owner = await connect(b, a)
         others = [b.connect(8, 10), b.connect(7, None), b.connect("7", 10), a.connect(8, 10)]
         async with a.request(session=make_session(), module="mod") as sdk:
             task_id = await sdk.tasks.run_background(asyncio.sleep(0, "x"))
@@ -109,7 +125,7 @@ async def test_messages_reach_only_the_owner_on_other_hosts(hosts: Hosts) -> Non
 
 async def test_an_owner_on_both_hosts_gets_each_message_once_on_each(hosts: Hosts) -> None:
     async with hosts(3) as (a, b, c):
-        here, there = a.connect(7, 10), b.connect(7, 10)
+        here, there = a.connect(7, 10), await connect(b, a)
         async with a.request(session=make_session(), module="mod") as sdk:
             ids = [await sdk.tasks.run_background(asyncio.sleep(0, n)) for n in range(5)]
         for task_id in ids:
@@ -128,7 +144,7 @@ async def test_an_owner_on_both_hosts_gets_each_message_once_on_each(hosts: Host
 
 async def test_a_task_on_b_in_order_for_many_tasks(hosts: Hosts) -> None:
     async with hosts(2) as (a, b):
-        conn = a.connect(7, 10)
+        conn = await connect(a, b)
 
         async def job(n: int) -> int:
             for step in range(3):
@@ -196,7 +212,7 @@ async def _fail() -> None:
 
 async def test_the_owner_leaving_host_b_makes_messages_wait_for_them(hosts: Hosts) -> None:
     async with hosts(2) as (a, b):
-        conn = b.connect(7, 10)
+        conn = await connect(b, a)
         release = asyncio.Event()
 
         async def job() -> str:
@@ -216,7 +232,7 @@ async def test_the_owner_leaving_host_b_makes_messages_wait_for_them(hosts: Host
 
 async def test_a_message_too_big_for_a_notification_still_arrives(hosts: Hosts) -> None:
     async with hosts(2) as (a, b):
-        conn = b.connect(7, 10)
+        conn = await connect(b, a)
         big = {"rows": ["x" * 100] * 200, "text": "é🚀" * 2000}
         async with a.request(session=make_session(), module="mod") as sdk:
             task_id = await sdk.tasks.run_background(asyncio.sleep(0, big))
@@ -334,7 +350,7 @@ async def test_eight_processes_fifty_same_key_submits_make_one_task(
 
 async def test_an_owner_on_host_b_cancels_a_task_running_on_host_a(hosts: Hosts) -> None:
     async with hosts(2) as (a, b):
-        conn = b.connect(7, 10)
+        conn = await connect(b, a)
         async with a.request(session=make_session(), module="mod") as sdk:
             task_id = await sdk.tasks.run_background(asyncio.sleep(3600))
         await receive(conn, 1)
@@ -347,8 +363,8 @@ async def test_an_owner_on_host_b_cancels_a_task_running_on_host_a(hosts: Hosts)
 
 async def test_an_owner_on_host_b_answers_a_confirmation_on_host_a(hosts: Hosts) -> None:
     async with hosts(2) as (a, b):
-        conn = b.connect(7, 10)
-        stranger = b.connect(8, 10)
+        conn = await connect(b, a)
+        stranger = await connect(b, a, user=8)
 
         async def job() -> Any:
             return await sdk.tasks.request_confirmation(
@@ -485,7 +501,7 @@ async def test_the_listener_reconnects_when_its_connection_breaks(
     hosts: Hosts, postgres_dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with hosts(2) as (a, b):
-        conn = b.connect(7, 10)
+        conn = await connect(b, a)
         listener = b.channel._listening
         assert isinstance(listener, Listener)
         with psycopg.connect(postgres_dsn, autocommit=True) as admin:

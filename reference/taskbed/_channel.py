@@ -213,8 +213,8 @@ class ConnectionRegistry:
     def wants(self, owner: Owner, *, durable: bool) -> bool:
         return (
             durable
-            or self._broadcast is not None  # the owner may be connected to another host
             or (bool(self._by_owner) and self._slot(owner) in self._by_owner)
+            or (self._broadcast is not None and self._broadcast.connected_elsewhere(owner))
         )
 
     def publish(self, owner: Owner, message: Message, *, durable: bool) -> None:
@@ -224,7 +224,11 @@ class ConnectionRegistry:
         if conns:
             for conn in list(conns):
                 conn.deliver(message)
-        if self._broadcast is not None:
+        if self._broadcast is not None and (
+            # Where an undelivered durable message goes is the store's decision, made in the
+            # transaction that writes it; the others go only where the owner was last heard of.
+            (durable and not conns) or self._broadcast.connected_elsewhere(owner)
+        ):
             self._broadcast.broadcast(owner, message, durable=durable, delivered=bool(conns))
         elif durable and not conns:
             self.store.enqueue(owner, message)

@@ -129,6 +129,10 @@ class Broadcaster(Protocol):
         """Send a client command to the other hosts (the one running the task acts on it)."""
         ...
 
+    def connected_elsewhere(self, owner: Owner) -> bool:
+        """Has *owner* a connection on another host (as far as this host has heard)?"""
+        ...
+
     def join(self, owner: Owner) -> list[Message]:
         """The owner's first connection on this host opened: note it, drain what was kept."""
         ...

@@ -249,6 +249,10 @@ class PostgresStore:
         self._notes: list[tuple[str, str, str, bool, bool]] = []
         #: Client commands for the other hosts, sent with the next write (JSON payloads).
         self._commands: list[str] = []
+        #: Which owners have connections on other hosts: (user scope, org scope) -> nodes.
+        #: Kept by the listener from the presence notifications, reloaded at each heartbeat.
+        self._elsewhere: dict[tuple[str, str], set[str]] = {}
+        self._listening = False
         self._flush_scheduled = False
         self._closed = False
         try:
@@ -530,7 +534,45 @@ class PostgresStore:
                 "ON CONFLICT (user_scope, org_scope, node) DO NOTHING",
                 (self.node, user, org),
             )
+            self._announce(user, org, present=True)
             return self._drain(user, org)
+
+    def _announce(self, user: str, org: str, *, present: bool) -> None:
+        """Tell the other hosts that an owner's connections here came or went (same tx)."""
+        payload = json.dumps({"n": self.node, "u": user, "o": org, "p": present})
+        self._db.execute("SELECT pg_notify(%s, %s)", (self.channel_name, payload))
+
+    def connected_elsewhere(self, owner: Owner) -> bool:
+        """Has the owner a connection on another host, as far as this host has heard?
+
+        For the messages that are not kept (started, progress): a message for an owner
+        connected nowhere is not even built. The durable ones do not depend on it: where they
+        go is decided in the transaction that writes them.
+        """
+        return bool(self._elsewhere) and bool(
+            self._elsewhere.get((scope(owner.user_id), scope(owner.organization_id)))
+        )
+
+    def _heard_presence(self, node: str, user: str, org: str, *, present: bool) -> None:
+        nodes = self._elsewhere.setdefault((user, org), set())
+        if present:
+            nodes.add(node)
+        else:
+            nodes.discard(node)
+            if not nodes:
+                del self._elsewhere[user, org]
+
+    def _load_presence(self) -> None:
+        """Reload who is connected elsewhere (the caller holds the lock)."""
+        rows = self._db.execute(
+            f"SELECT node, user_scope, org_scope FROM taskbed_presence p "
+            f"WHERE node <> %s AND {_LIVE}",
+            (self.node,),
+        ).fetchall()
+        elsewhere: dict[tuple[str, str], set[str]] = {}
+        for node, user, org in rows:
+            elsewhere.setdefault((user, org), set()).add(node)
+        self._elsewhere = elsewhere
 
     def leave(self, owner: Owner) -> None:
         """The owner's last connection here closed."""
@@ -546,6 +588,7 @@ class PostgresStore:
                     "WHERE node = %s AND user_scope = %s AND org_scope = %s",
                     (self.node, user, org),
                 )
+                self._announce(user, org, present=False)
 
     async def listen(self, deliver: Deliver, command: Command | None = None) -> Listener:
         """Start delivering the messages other hosts send to owners connected here.
@@ -555,6 +598,9 @@ class PostgresStore:
         other hosts forward. Returns the listener; ``await listener.stop()`` ends it.
         """
         listener = Listener(self, await self._listening_connection(), deliver, command)
+        with self._lock:  # after LISTEN: a change from now on is heard, one before is loaded
+            self._listening = True
+            self._load_presence()
         listener.start()
         return listener
 
@@ -593,6 +639,8 @@ class PostgresStore:
                 "DELETE FROM taskbed_bulletins WHERE posted_at < now() - interval '10 minutes'"
             )
             self._db.execute(f"DELETE FROM taskbed_presence p WHERE NOT {_LIVE}")
+            if self._listening:  # a host that died announced nothing: forget it now
+                self._load_presence()
 
     def leases(self) -> list[Lease]:
         with self._lock:
@@ -675,6 +723,8 @@ class Listener:
             delay = min(delay * 2, 5.0)
             try:
                 self._conn = await self._store._listening_connection()
+                with self._store._lock:  # what changed while nobody listened
+                    self._store._load_presence()
             except Exception:
                 log.warning("taskbed: could not listen to other hosts yet", exc_info=True)
 
@@ -687,6 +737,9 @@ class Listener:
         body = json.loads(payload)
         if body.get("n") == self._store.node:
             return  # our own message: delivered here when it was published
+        if "p" in body:
+            self._store._heard_presence(body["n"], body["u"], body["o"], present=body["p"])
+            return
         if "b" in body:
             fetched = self._store._fetch_bulletin(int(body["b"]))
             if fetched is None:
@@ -702,6 +755,8 @@ class Listener:
 
     async def stop(self) -> None:
         """Stop listening and close the listening connection."""
+        self._store._listening = False
+        self._store._elsewhere = {}
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
