@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -61,6 +62,10 @@ async def taskbed(n: int, store: TaskStore, listener: TaskStore | None = None) -
             await other.start()
         try:
             conn = other.connect(7, 10) if other is not None else None
+            if conn is not None:  # wait until this host has heard the owner is over there
+                assert isinstance(store, PostgresStore)
+                while not store.connected_elsewhere(conn.owner):
+                    await asyncio.sleep(0.001)
             sdk = rt.sdk(session=SESSION, module="bench")
             run_background, wait = sdk.tasks.run_background, rt.wait
             with collected():
@@ -192,6 +197,8 @@ def main() -> None:
     header(f"bench_postgres: {n:,} no-op background tasks, submit to completion, {rounds} rounds")
     if args.dsn:
         os.environ["TASKBED_POSTGRES_DSN"] = args.dsn
+    # A terminated run (timeout, Ctrl-C) still stops its throwaway cluster.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         server = pgcluster.server()
         dsn = server.__enter__()
