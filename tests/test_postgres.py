@@ -296,25 +296,27 @@ async def test_recovery_interrupts_the_tasks_of_a_host_whose_lease_expired(
 
 SUBMITTER = textwrap.dedent(
     """
-    import asyncio, json, sys
+    import asyncio, json, os, sys
     from taskbed import PostgresStore, Runtime
 
-    async def main(dsn, start):
+    async def main(dsn, start, stop):
         store = PostgresStore(dsn)
         async with Runtime(store=store) as rt:
             session = {"user": {"id": 7, "organization_id": 10}}
             async with rt.request(session=session, module="mod") as sdk:
-                while not __import__("os").path.exists(start):
+                print("ready", flush=True)
+                while not os.path.exists(start):
                     await asyncio.sleep(0.005)
                 ids = [
-                    await sdk.tasks.run_background(asyncio.sleep(5), task_key="one")
+                    await sdk.tasks.run_background(asyncio.sleep(3600), task_key="one")
                     for _ in range(50)
                 ]
             print(json.dumps(ids), flush=True)
-            await asyncio.sleep(2)  # stay alive while the others submit
+            while not os.path.exists(stop):  # alive until every process has submitted
+                await asyncio.sleep(0.01)
         store.close()
 
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    asyncio.run(main(*sys.argv[1:]))
     """
 )
 
@@ -323,25 +325,29 @@ SUBMITTER = textwrap.dedent(
 async def test_eight_processes_fifty_same_key_submits_make_one_task(
     postgres_dsn: str, tmp_path: Path
 ) -> None:
-    start = tmp_path / "go"
+    start, stop = tmp_path / "go", tmp_path / "stop"
     env = {**os.environ, "PYTHONWARNINGS": "error"}
-    argv = [sys.executable, "-c", SUBMITTER, postgres_dsn, str(start)]
+    argv = [sys.executable, "-c", SUBMITTER, postgres_dsn, str(start), str(stop)]
     procs = [
         subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         for _ in range(8)
     ]
     try:
-        await asyncio.sleep(1.0)  # let them all connect
+        for p in procs:  # every runtime started: the submissions then overlap
+            assert p.stdout is not None
+            assert (await asyncio.to_thread(p.stdout.readline)).strip() == "ready"
         start.touch()
+        answers = [json.loads(await asyncio.to_thread(p.stdout.readline)) for p in procs]  # type: ignore[union-attr]
+        stop.touch()
         outputs = [await asyncio.to_thread(p.communicate, timeout=120) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGKILL)
-                p.wait()
+                p.communicate()
     for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err
-    ids = {task_id for out, _ in outputs for task_id in json.loads(out)}
+    ids = {task_id for answer in answers for task_id in answer}
     assert len(ids) == 1
     with psycopg.connect(postgres_dsn) as check:
         [(count,)] = check.execute("SELECT count(*) FROM taskbed_tasks").fetchall()
