@@ -5,7 +5,10 @@ from ._channel import Connection as Connection
 from ._channel import ConnectionRegistry as ConnectionRegistry
 from ._context import RequestContext as RequestContext
 from ._context import current_request as current_request
+from ._errors import AsyncFunctionError as AsyncFunctionError
+from ._errors import CoroutineReusedError as CoroutineReusedError
 from ._errors import InvalidCommandError as InvalidCommandError
+from ._errors import InvalidEnvironmentError as InvalidEnvironmentError
 from ._errors import InvalidProgressError as InvalidProgressError
 from ._errors import InvalidSubmissionError as InvalidSubmissionError
 from ._errors import InvalidTaskKeyError as InvalidTaskKeyError
@@ -16,6 +19,7 @@ from ._errors import MissingUserError as MissingUserError
 from ._errors import NotSerializableError as NotSerializableError
 from ._errors import SandboxViolationError as SandboxViolationError
 from ._errors import TaskbedError as TaskbedError
+from ._errors import TaskKeyRefusedError as TaskKeyRefusedError
 from ._errors import UnknownTaskError as UnknownTaskError
 from ._errors import UnknownTaskNameError as UnknownTaskNameError
 from ._lifecycle import ACTIVE as ACTIVE
@@ -48,11 +52,14 @@ __all__ = (
     "ACTIVE",
     "TERMINAL",
     "TRANSITIONS",
+    "AsyncFunctionError",
     "ClientChannel",
     "Clock",
     "Connection",
     "ConnectionRegistry",
+    "CoroutineReusedError",
     "InvalidCommandError",
+    "InvalidEnvironmentError",
     "InvalidProgressError",
     "InvalidSubmissionError",
     "InvalidTaskKeyError",
@@ -73,6 +80,7 @@ __all__ = (
     "SQLiteStore",
     "SandboxViolationError",
     "TaskEvent",
+    "TaskKeyRefusedError",
     "TaskManager",
     "TaskRecord",
     "TaskStatus",

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -28,8 +27,8 @@ from ._model import (
     Message,
     Owner,
     TaskRecord,
-    check_json,
     confirmation_message,
+    json_copy,
     outcome_message,
     progress_message,
     scope,
@@ -294,8 +293,7 @@ class TaskManager:
             started = True
             result = await work.start()
             if type(result) not in _JSON_AS_IS:  # None, bool, str survive the round trip as is
-                check_json(result, "the task's result", "BG-5")
-                result = json.loads(json.dumps(result))
+                result = json_copy(result, "the task's result", "BG-5")
         except asyncio.CancelledError:
             self._finish(record, TaskEvent.INTERRUPT, error=local.interrupt_error)
         except Exception as exc:  # noqa: BLE001 - the task failed; the runtime carries on (BG-6)
