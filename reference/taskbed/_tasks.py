@@ -124,7 +124,7 @@ def _check_fresh(coro: Coroutine[Any, Any, Any]) -> None:
     )
 
 
-def _check_task_key(task_key: str) -> None:
+def _check_key_text(task_key: str) -> None:
     """Refuse a key that a store could not keep as it is (BG-14); every store sees the same."""
     try:
         size = len(task_key.encode("utf-8"))
@@ -226,6 +226,21 @@ class Tasks:
     def _context(self) -> RequestContext | None:
         return current_request()
 
+    # The checks of bad input, one each, as seams (tests/test_teeth.py swaps them out).
+
+    @staticmethod
+    def _check_coroutine(coro: Coroutine[Any, Any, Any]) -> None:
+        _check_fresh(coro)
+
+    @staticmethod
+    def _check_task_key(task_key: str) -> None:
+        _check_key_text(task_key)
+
+    @staticmethod
+    def _check_env(env: dict[str, str]) -> None:
+        for name, value in env.items():
+            _check_env_entry(name, value)
+
     # ------------------------------------------------------------ background work
 
     async def run_background(
@@ -261,7 +276,7 @@ class Tasks:
                     f'use task_key=f"{self._module}.<job>.{{id}}" ' + see("dedup", "DEDUP-5")
                 )
             if task_key:
-                _check_task_key(task_key)
+                self._check_task_key(task_key)
             if not isinstance(label, str):
                 raise InvalidSubmissionError(
                     f"label must be a string, got {label!r} " + see("submission", "BG-1")
@@ -285,7 +300,7 @@ class Tasks:
 
     def _work(self, target: object, kwargs: dict[str, Any]) -> Work:
         if inspect.iscoroutine(target):
-            _check_fresh(target)
+            self._check_coroutine(target)
             if kwargs:
                 raise InvalidSubmissionError(
                     f"keyword arguments {sorted(kwargs)} go to a registered task name, not to a "
@@ -440,8 +455,7 @@ class Tasks:
                 + see("commands", "CMD-7")
             )
         if env:
-            for name, value in env.items():
-                _check_env_entry(name, value)
+            self._check_env(env)
         merged = _parent_environment()
         if env:
             merged.update((k, v) for k, v in env.items() if not k.startswith(SANDBOX_PREFIX))
