@@ -106,12 +106,16 @@ BROKEN = [
     # -- CMD
     # `sh -c " ".join(argv)`: the shell expands `$HOME` and runs `; touch` (CMD-4), a Python
     # program given with -c no longer parses and a missing program is exit code 127 instead
-    # of FileNotFoundError (CMD-5), and the sh scripts of CMD-6 and CMD-8, which quote their
-    # own arguments, are torn apart.
+    # of FileNotFoundError (CMD-5), and the sh scripts of CMD-6, CMD-8 and CMD-12, which quote
+    # their own arguments, are torn apart.
     _broken("command-run-through-shell", "CommandThroughShell",
-            "CMD-4", "CMD-5", "CMD-6", "CMD-8"),
+            "CMD-4", "CMD-5", "CMD-6", "CMD-8", "CMD-12"),
     _broken("caller-env-overrides-sandbox", "CallerEnvOverridesSandbox", "CMD-7"),
-    _broken("timeout-kills-only-the-child", "TimeoutKillsOnlyTheChild", "CMD-6"),
+    # (CMD-12's descendants that leave the group are not killed either.)
+    _broken("timeout-kills-only-the-child", "TimeoutKillsOnlyTheChild", "CMD-6", "CMD-12"),
+    # Only the process group is killed: a descendant that left it survives (the pipes are
+    # still drained for a bounded time only, so the calls return).
+    _broken("escaped-descendants-survive", "EscapedDescendantsSurvive", "CMD-12"),
     # Env names go unchecked: an empty one reaches the program, Popen refuses the others.
     _broken("env-names-unchecked", "EnvNamesUnchecked", "CMD-11"),
     # -- PROG
@@ -470,6 +474,18 @@ class _ChildOnlyRunner(OSProcessRunner):
 class TimeoutKillsOnlyTheChild(ReferenceImplementation):
     name = "broken: a timeout kills the program but not its children"
     runtime_class = runtime_with(runner_class=_ChildOnlyRunner)
+
+
+class _GroupOnlyRunner(OSProcessRunner):
+    """Kills the process group and nothing else: no sweep for descendants that left it."""
+
+    def _end_escapees(self, child: Any, root: int | None) -> None:
+        child.swept = True
+
+
+class EscapedDescendantsSurvive(ReferenceImplementation):
+    name = "broken: descendants that left the process group survive"
+    runtime_class = runtime_with(runner_class=_GroupOnlyRunner)
 
 
 class _UncheckedEnvTasks(Tasks):
