@@ -42,6 +42,7 @@ from taskbed import (
     TaskRecord,
     Tasks,
 )
+from taskbed._manager import same_owner
 from taskbed._model import clamp_progress, json_copy, outcome_message, scope
 from taskbed._sqlite_store import _ACTIVE_SQL, _COLUMNS
 from taskbed_harness._adapters import ReferenceImplementation
@@ -85,14 +86,18 @@ BROKEN = [
     # -- OWN
     _broken("messages-sent-to-another-user", "MessagesToOrganizationMates", "OWN-3"),
     # Answer, cancel and get from anyone act on the task. CONF-4 states the same for the
-    # answer and the cancel of a confirmation.
-    _broken("non-owner-command-obeyed", "NonOwnerCommandObeyed", "OWN-4", "CONF-4"),
+    # answer and the cancel of a confirmation; OWN-6's stranger gets an answer for a task that
+    # exists and none for an unknown id, which tells existence outright.
+    _broken("non-owner-command-obeyed", "NonOwnerCommandObeyed", "OWN-4", "CONF-4", "OWN-6"),
     # The owner's get about a task waiting for an answer returns a progress message, not the
     # question. (Added to OWN-4's check of the owner's own get, which saw ended tasks only.)
     _broken("get-snapshot-hides-open-question", "GetSnapshotHidesOpenQuestion", "OWN-4"),
     # Durable messages for an offline owner are dropped. REC-3 states that they are kept
     # across a restart, so it needs them kept in the first place.
     _broken("offline-messages-dropped", "OfflineMessagesDropped", "OWN-5", "REC-3"),
+    # A stranger's command about a task running here is refused from the local map, about
+    # any other id after a store lookup: the time tells whether the task exists.
+    _broken("ownership-shortcut-by-existence", "OwnershipShortcut", "OWN-6"),  # SHOULD only
     # -- CTX
     # The task gets a synthetic context instead of the request's. CTX-1 (one request) and
     # CTX-2 (two concurrent ones) both compare the task's request id with the request's.
@@ -340,6 +345,22 @@ class _OutcomeOnlySnapshotManager(TaskManager):
 class GetSnapshotHidesOpenQuestion(ReferenceImplementation):
     name = "broken: get does not show the open question"
     runtime_class = runtime_with(manager_class=_OutcomeOnlySnapshotManager)
+
+
+class _ShortcutOwnershipManager(TaskManager):
+    """Refuses a stranger with the first lookup that finds the task (the local map for a
+    task running here), and with a store lookup for an id that names none."""
+
+    async def handle_client_message(self, conn: Any, command: str, body: dict[str, Any]) -> None:
+        record = self._record(body["taskId"])
+        if record is None or not same_owner(record.owner, conn.owner):
+            return
+        await super().handle_client_message(conn, command, body)
+
+
+class OwnershipShortcut(ReferenceImplementation):
+    name = "broken: a refusal's time tells whether the task exists"
+    runtime_class = runtime_with(manager_class=_ShortcutOwnershipManager)
 
 
 class _NoOfflineQueueChannel(ConnectionRegistry):
