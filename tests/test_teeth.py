@@ -45,6 +45,7 @@ from taskbed import (
 from taskbed._manager import same_owner
 from taskbed._model import clamp_progress, json_copy, outcome_message, scope
 from taskbed._sqlite_store import _ACTIVE_SQL, _COLUMNS
+from taskbed._tasks import _is_async
 from taskbed_harness._adapters import ReferenceImplementation
 from taskbed_harness._conform import Outcome, Result, run_suite
 from taskbed_harness._spec import load_rules
@@ -399,9 +400,13 @@ class _InlineBlockingTasks(Tasks):
     """run_blocking calls func on the event loop's thread (context copied, as the pool does)."""
 
     async def run_blocking(self, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        if not callable(func):
-            return await super().run_blocking(func, *args, **kwargs)  # the usual refusal
-        return contextvars.copy_context().run(func, *args, **kwargs)
+        if not callable(func) or _is_async(func):
+            return await super().run_blocking(func, *args, **kwargs)  # the usual refusals
+        value = contextvars.copy_context().run(func, *args, **kwargs)
+        if inspect.iscoroutine(value):  # refused as the reference refuses it (BLOCK-6)
+            value.close()
+            raise TypeError("run_blocking: func returned a coroutine; await job(...) instead")
+        return value
 
 
 class RunBlockingOnLoopThread(ReferenceImplementation):
