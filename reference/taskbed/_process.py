@@ -1,11 +1,14 @@
 """The real ProcessRunner: one OS process per call, in its own process group.
 
-Mechanism, chosen by measuring (see docs/benchmarks.md): ``subprocess.Popen`` plus
-``communicate`` in a worker thread costs about what ``subprocess.run`` costs, while asyncio's
-``create_subprocess_exec`` adds transports, protocols and a child watcher per call. The thread
-only waits; the event loop never blocks. ``process_group=0`` rather than
-``start_new_session`` or a ``preexec_fn``: the same isolation for ``killpg``, and it keeps the
-fast vfork path of ``_posixsubprocess``.
+Mechanism, chosen by measuring (see docs/benchmarks.md): the command is started with
+``os.posix_spawn`` in a process group of its own (``setpgroup=0``), and a worker thread waits
+for its pipes and its exit together, in one poll over the pipes and a pidfd. The event loop
+never blocks. posix_spawn encodes the environment in C, where ``subprocess.Popen`` does it in
+Python, and the sandbox variables make an explicit environment unavoidable: ~130 us a call on
+the benchmark VM. With a ``cwd`` (posix_spawn has no chdir action before Python 3.13) or
+without pidfds (not Linux), ``subprocess.Popen(process_group=0)`` does the same job. asyncio's
+``create_subprocess_exec`` adds transports, protocols and a child watcher per call, and
+measured slower than both.
 
 Ending a command (timeout or cancellation, CMD-6 and CMD-12) — theory of operation:
 
@@ -15,8 +18,8 @@ Ending a command (timeout or cancellation, CMD-6 and CMD-12) — theory of opera
    environment marker, ``TASKBED_PROCESS_TAG=<random>``, which its descendants inherit. On
    Linux the sweep reads ``/proc``: every process carrying the marker, and every descendant
    of one (by parent id, which catches a child that cleared its environment while its parent
-   lives), gets SIGKILL, through a pidfd where the kernel has them so a recycled pid is never
-   hit. Sweeps repeat until one finds nothing alive (a forking descendant cannot outrun it).
+   lives), gets SIGKILL through a pidfd, once its start time is checked against the scan's,
+   so a recycled pid is never hit. Sweeps repeat until one finds nothing alive (a forking descendant cannot outrun it).
    This costs nothing while commands end on their own: it only runs to end one.
 3. Pipes are drained for at most ``PIPE_GRACE`` seconds afterwards: a descendant that escaped
    the sweep (it cleared its environment *and* was orphaned, or ``/proc`` is missing) may hold
