@@ -19,7 +19,8 @@ Ending a command (timeout or cancellation, CMD-6 and CMD-12) — theory of opera
    Linux the sweep reads ``/proc``: every process carrying the marker, and every descendant
    of one (by parent id, which catches a child that cleared its environment while its parent
    lives), gets SIGKILL through a pidfd, once its start time is checked against the scan's,
-   so a recycled pid is never hit. Sweeps repeat until one finds nothing alive (a forking descendant cannot outrun it).
+   so a recycled pid is never hit. Sweeps repeat until one finds nothing alive (a forking
+   descendant cannot outrun it).
    This costs nothing while commands end on their own: it only runs to end one.
 3. Pipes are drained for at most ``PIPE_GRACE`` seconds afterwards: a descendant that escaped
    the sweep (it cleared its environment *and* was orphaned, or ``/proc`` is missing) may hold
