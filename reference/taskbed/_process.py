@@ -1,14 +1,13 @@
 """The real ProcessRunner: one OS process per call, in its own process group.
 
-Mechanism, chosen by measuring (see docs/benchmarks.md): the command is started with
-``os.posix_spawn`` in a process group of its own (``setpgroup=0``), and a worker thread waits
-for its pipes and its exit together, in one poll over the pipes and a pidfd. The event loop
-never blocks. posix_spawn encodes the environment in C, where ``subprocess.Popen`` does it in
-Python, and the sandbox variables make an explicit environment unavoidable: ~130 us a call on
-the benchmark VM. With a ``cwd`` (posix_spawn has no chdir action before Python 3.13) or
-without pidfds (not Linux), ``subprocess.Popen(process_group=0)`` does the same job. asyncio's
+Mechanism, chosen by measuring (see docs/benchmarks.md): ``subprocess.Popen`` in a worker
+thread, which reads the pipes and waits for the exit; the event loop never blocks. asyncio's
 ``create_subprocess_exec`` adds transports, protocols and a child watcher per call, and
-measured slower than both.
+measured slower. ``process_group=0`` rather than ``start_new_session`` or a ``preexec_fn``:
+the same isolation for ``killpg``, and it keeps the vfork path of ``_posixsubprocess``.
+``os.posix_spawn`` would save ~130 us a call (it encodes the environment in C), but it holds
+the GIL until the child has exec'd (a file action blocked on a FIFO froze every other thread):
+a slow exec, a program on a network filesystem, would freeze the event loop. Not used.
 
 Ending a command (timeout or cancellation, CMD-6 and CMD-12) — theory of operation:
 
@@ -39,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import selectors
 import signal
@@ -48,7 +46,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from ._ports import ProcessResult
 
@@ -260,30 +257,6 @@ class _Output:
         self.selector.close()
 
 
-def _executable(name: str, env: dict[str, str]) -> str:
-    """The file *name* runs, found as ``subprocess`` finds it: on *env*'s PATH."""
-    if os.path.dirname(name):
-        return name
-    denied = False
-    for folder in os.get_exec_path(env):
-        candidate = os.path.join(folder, name)
-        if os.path.isfile(candidate):
-            if os.access(candidate, os.X_OK):
-                return candidate
-            denied = True
-    code = errno.EACCES if denied else errno.ENOENT
-    raise (PermissionError if denied else FileNotFoundError)(code, os.strerror(code), name)
-
-
-#: The signals ``subprocess`` resets to their defaults in the child (``restore_signals``).
-_DEFAULT_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name)
-)
-#: posix_spawn, and a pidfd to wait on: the fast path (Linux). Elsewhere, or with a cwd
-#: (posix_spawn has no chdir action before Python 3.13), ``subprocess.Popen``.
-_SPAWN = _HAS_PIDFD and hasattr(os, "posix_spawn")
-
-
 class OSProcessRunner:
     """Runs commands as OS processes (the reference runtime's ProcessRunner).
 
@@ -340,75 +313,13 @@ class OSProcessRunner:
     ) -> ProcessResult:
         deadline = None if timeout is None else time.monotonic() + timeout
         env = {**env, TAG_VARIABLE: child.tag}
-        if _SPAWN and cwd is None:
-            returncode, output = self._spawned(child, argv, env, deadline, capture_output)
-        else:
-            returncode, output = self._popened(child, argv, cwd, env, deadline, capture_output)
+        returncode, output = self._popened(child, argv, cwd, env, deadline, capture_output)
         out, err = output.result()
         if returncode is not None:
             return ProcessResult(returncode, out, err)
         if child.cancelled:
             raise _Cancelled
         raise subprocess.TimeoutExpired(argv, timeout or 0.0, out, err)
-
-    def _spawned(
-        self,
-        child: _Child,
-        argv: list[str],
-        env: dict[str, str],
-        deadline: float | None,
-        capture_output: bool,
-    ) -> tuple[int | None, _Output]:
-        """Run through posix_spawn: the environment is encoded in C, not in Python as Popen
-        does (~130 us a call, benchmarks/bench_subprocess.py), and the exit is awaited on a
-        pidfd with the pipes, in one poll. Descriptors are not closed in the child: Python
-        opens them non-inheritable (PEP 446), so only ones made inheritable on purpose pass."""
-        path = _executable(argv[0], env)
-        actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
-        ours: list[int] = []  # the read ends
-        theirs: list[int] = []  # the write ends, closed here once the child has them
-        if capture_output:
-            for target in (1, 2):
-                read_end, write_end = os.pipe()
-                ours.append(read_end)
-                theirs.append(write_end)
-                actions.append((os.POSIX_SPAWN_DUP2, write_end, target))
-        try:
-            pid = os.posix_spawn(
-                path, argv, env, file_actions=actions, setpgroup=0, setsigdef=_DEFAULT_SIGNALS
-            )
-        except BaseException:
-            for fd in ours:
-                os.close(fd)
-            raise
-        finally:
-            for fd in theirs:
-                os.close(fd)
-        pidfd = os.pidfd_open(pid)
-        child.adopt(pid, pidfd)
-        out_fd, err_fd = (ours[0], ours[1]) if ours else (None, None)
-        output = _Output(out_fd, err_fd, pidfd)
-        status = 0
-
-        def wait() -> None:
-            nonlocal status
-            status = os.waitpid(pid, 0)[1]
-
-        try:
-            done = False
-            try:
-                done = output.read(deadline, child)
-            finally:
-                if not done:  # timeout, cancel, or an error while reading
-                    child.kill()
-                    self._end_escapees(child, pid)
-                    output.read(time.monotonic() + PIPE_GRACE, None)  # what is left: bounded
-                child.reap(wait)
-            return (os.waitstatus_to_exitcode(status) if done else None), output
-        finally:
-            output.close()
-            for fd in (*ours, pidfd):
-                os.close(fd)
 
     def _popened(  # noqa: PLR0917
         self,
@@ -419,7 +330,7 @@ class OSProcessRunner:
         deadline: float | None,
         capture_output: bool,
     ) -> tuple[int | None, _Output]:
-        """Run through ``subprocess.Popen`` (with a cwd, or without pidfds)."""
+        """Run through ``subprocess.Popen``; the output read as it comes, the exit awaited."""
         pipe = subprocess.PIPE if capture_output else None
         with subprocess.Popen(
             argv,
