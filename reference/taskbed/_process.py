@@ -69,15 +69,14 @@ class _Child:
     def __init__(self, tag: str) -> None:
         self.lock = threading.Lock()
         self.pid: int | None = None
-        self.pidfd: int | None = None
         self.reaped = False  # once reaped, its pid (and group id) may name another process
         self.cancelled = False
         self.swept = False  # the escapees were looked for after the group was killed
         self.tag = tag
 
-    def adopt(self, pid: int, pidfd: int | None) -> None:
+    def adopt(self, pid: int) -> None:
         with self.lock:
-            self.pid, self.pidfd = pid, pidfd
+            self.pid = pid
             if self.cancelled:
                 self._kill()
 
@@ -103,11 +102,8 @@ class _Child:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
-            if self.pidfd is not None:
-                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-            else:
-                os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(self.pid, signal.SIGKILL)  # not reaped (the lock says), so still its pid
 
 
 # ---------------------------------------------------------------- the sweep
@@ -215,33 +211,25 @@ def sweep(tag: str, root: int | None = None, limit: float = _SWEEP_LIMIT) -> int
 
 
 class _Output:
-    """A command's stdout and stderr, read as they come, and its exit (through its pidfd),
-    for as long as we choose to wait."""
+    """A command's stdout and stderr, read as they come, for as long as we choose to wait."""
 
-    def __init__(self, out: int | None, err: int | None, pidfd: int | None) -> None:
+    def __init__(self, out: int | None, err: int | None) -> None:
         self.fds = (out, err)
         self.chunks: dict[int, list[bytes]] = {fd: [] for fd in self.fds if fd is not None}
-        self.pidfd = pidfd
-        self.exited = pidfd is None  # without a pidfd, the caller waits for the exit itself
         self.selector = selectors.PollSelector()
         for fd in self.chunks:
             self.selector.register(fd, selectors.EVENT_READ)
-        if pidfd is not None:
-            self.selector.register(pidfd, selectors.EVENT_READ)
 
     def read(self, deadline: float | None, child: _Child | None) -> bool:
-        """Read until the pipes close and the command exits (True), or *deadline* passes, or
-        *child* is cancelled (False)."""
+        """Read until both pipes close (True), or *deadline* passes, or *child* is cancelled
+        (False). Slices of ``_CANCEL_POLL``, so a cancellation is seen even while an escaped
+        descendant holds the pipes open after the group was killed."""
         selector = self.selector
         while selector.get_map():
             left = _CANCEL_POLL if deadline is None else deadline - time.monotonic()
             if left <= 0 or (child is not None and child.cancelled):
                 return False
             for key, _ in selector.select(min(left, _CANCEL_POLL)):
-                if key.fd == self.pidfd:  # readable once the process has exited
-                    self.exited = True
-                    selector.unregister(key.fd)
-                    continue
                 data = os.read(key.fd, 32768)
                 if data:
                     self.chunks[key.fd].append(data)
@@ -313,7 +301,7 @@ class OSProcessRunner:
     ) -> ProcessResult:
         deadline = None if timeout is None else time.monotonic() + timeout
         env = {**env, TAG_VARIABLE: child.tag}
-        returncode, output = self._popened(child, argv, cwd, env, deadline, capture_output)
+        returncode, output = self._run_process(child, argv, cwd, env, deadline, capture_output)
         out, err = output.result()
         if returncode is not None:
             return ProcessResult(returncode, out, err)
@@ -321,7 +309,7 @@ class OSProcessRunner:
             raise _Cancelled
         raise subprocess.TimeoutExpired(argv, timeout or 0.0, out, err)
 
-    def _popened(  # noqa: PLR0917
+    def _run_process(  # noqa: PLR0917
         self,
         child: _Child,
         argv: list[str],
@@ -341,11 +329,10 @@ class OSProcessRunner:
             stderr=pipe,
             process_group=0,  # its own process group, so killpg reaches its children
         ) as proc:
-            child.adopt(proc.pid, None)
+            child.adopt(proc.pid)
             output = _Output(
                 None if proc.stdout is None else proc.stdout.fileno(),
                 None if proc.stderr is None else proc.stderr.fileno(),
-                None,
             )
             try:
                 done = False
