@@ -106,6 +106,7 @@ class Harness:
         self.store: TaskStore = MemoryStore() if self.options.store == "memory" else SQLiteStore()
         self._runtime: HarnessRuntime | None = None
         self._clients: list[ClientView] = []
+        self._from_pytest = False  # set by the pytest plugin: shapes the wrong-loop message
 
     # ------------------------------------------------------------ life
 
@@ -129,12 +130,7 @@ class Harness:
         if self._clock is None:
             loop = asyncio.get_running_loop()
             if not isinstance(loop, VirtualEventLoop):
-                raise RuntimeError(
-                    "the taskbed harness needs its virtual-time event loop: run the test with "
-                    "the taskbed pytest fixtures, or the code with "
-                    "taskbed_harness.new_virtual_loop().run_until_complete(...) "
-                    "(see docs/guides/virtual-time.md)"
-                )
+                raise RuntimeError(self._wrong_loop_message(loop))
             self._clock = loop.clock
         self._clock.autojump = self.options.autojump
         self._runtime = HarnessRuntime(
@@ -143,6 +139,23 @@ class Harness:
         await self._runtime.start()
         if self.options.hold:
             self.manager.hold()
+
+    def _wrong_loop_message(self, loop: asyncio.AbstractEventLoop) -> str:
+        if self._from_pytest:
+            return (
+                f"this test uses the taskbed fixtures, but it runs on {loop!r}, not on the "
+                "virtual-time loop the plugin gives taskbed tests. The plugin chooses the loop "
+                "when the test is collected, from the fixtures it names: name `taskbed` (or "
+                "`taskbed_client`, `taskbed_clock`, ...) as an argument of the test or of one "
+                "of its fixtures, instead of calling request.getfixturevalue('taskbed') "
+                "(see docs/guides/troubleshooting.md#wrong-loop)"
+            )
+        return (
+            f"the taskbed harness needs its virtual-time event loop, not {loop!r}: run the "
+            "test with the taskbed pytest fixtures, or the code with "
+            "taskbed_harness.new_virtual_loop().run_until_complete(...) "
+            "(see docs/guides/virtual-time.md)"
+        )
 
     async def stop(self) -> None:
         if self._runtime is not None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,21 +70,42 @@ def pytest_configure(config: pytest.Config) -> None:
         )
 
 
-@pytest.hookimpl(optionalhook=True)
+@pytest.hookimpl(optionalhook=True, wrapper=True)
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
-) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
-    """Tests that use a taskbed fixture run on a fresh virtual-time loop; others as before."""
+) -> Generator[None, Any, Mapping[str, Callable[[], asyncio.AbstractEventLoop]] | None]:
+    """Tests that use a taskbed fixture run on a fresh virtual-time loop; others as before.
+
+    A wrapper around every other implementation of the hook (a project's conftest, another
+    plugin), so that whatever they answer, a taskbed test gets its virtual loop, and a test
+    that does not use taskbed gets exactly what they answered. With no other answer,
+    pytest-asyncio still needs one from us (it asks every async test once any implementation
+    exists): a factory that asks the active event loop policy, which is what it would have
+    done with no hook at all, so an ``event_loop_policy`` override keeps working.
+    """
+    others = yield
     if FIXTURE not in getattr(item, "fixturenames", ()):
-        return {"asyncio": asyncio.new_event_loop}
+        return others if others is not None else {"asyncio": _policy_loop}
     from ._clock import VirtualClock, new_virtual_loop
 
     start = next(
         (m.kwargs["start"] for m in item.iter_markers("taskbed") if "start" in m.kwargs), None
     )
-    if start is None:
-        return {"taskbed": new_virtual_loop}
-    return {"taskbed": lambda: new_virtual_loop(VirtualClock(start))}
+    factory: Callable[[], asyncio.AbstractEventLoop] = (
+        new_virtual_loop if start is None else lambda: new_virtual_loop(VirtualClock(start))
+    )
+    # A test that picks factories by name (@pytest.mark.asyncio(loop_factories=[...])) gets
+    # the virtual loop under each of those names, instead of a skip for a missing name.
+    marker = item.get_closest_marker("asyncio")
+    names = marker.kwargs.get("loop_factories") if marker is not None else None
+    if isinstance(names, list | tuple) and names and all(isinstance(n, str) for n in names):
+        return dict.fromkeys(names, factory)
+    return {"taskbed": factory}
+
+
+def _policy_loop() -> asyncio.AbstractEventLoop:
+    """A new loop from the event loop policy in force (pytest-asyncio's default behaviour)."""
+    return asyncio.get_event_loop_policy().new_event_loop()
 
 
 def _cassette_path(node: pytest.Item) -> Path:
@@ -129,6 +150,7 @@ async def taskbed(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     from ._harness import Harness
 
     harness = Harness(_options(request.node))
+    harness._from_pytest = True
     await harness.start()
     try:
         yield harness
