@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ._adapters import ReferenceImplementation as ReferenceImplementation
     from ._adapters import fake as fake_implementation
     from ._adapters import reference as reference_implementation
+    from ._awaits import NeverAwaitedError as NeverAwaitedError
     from ._client import ClientView as ClientView
     from ._clock import DEFAULT_START as DEFAULT_START
     from ._clock import DeadlockError as DeadlockError
@@ -57,6 +58,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "ReferenceImplementation": ("._adapters", "ReferenceImplementation"),
     "fake_implementation": ("._adapters", "fake"),
     "reference_implementation": ("._adapters", "reference"),
+    "NeverAwaitedError": ("._awaits", "NeverAwaitedError"),
     "ClientView": ("._client", "ClientView"),
     "DEFAULT_START": ("._clock", "DEFAULT_START"),
     "DeadlockError": ("._clock", "DeadlockError"),
@@ -103,6 +105,7 @@ __all__ = (
     "HarnessRuntime",
     "Implementation",
     "InjectedFailure",
+    "NeverAwaitedError",
     "Outcome",
     "ProcessCall",
     "RecordedProcessRunner",

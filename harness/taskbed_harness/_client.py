@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
+
+from ._awaits import Checked
 
 Message = dict[str, Any]
 
@@ -50,9 +52,15 @@ class ClientView:
     """
 
     def __init__(
-        self, connect: Callable[[Any, Any], ClientConnection], user_id: Any, organization_id: Any
+        self,
+        connect: Callable[[Any, Any], ClientConnection],
+        user_id: Any,
+        organization_id: Any,
+        *,
+        track: Callable[[Checked[Any]], None] | None = None,
     ) -> None:
         self._connect = connect
+        self._track = track  # the harness lists every check, to fail those never awaited
         self.user_id = user_id
         self.organization_id = organization_id
         self._connections: list[ClientConnection] = []
@@ -108,8 +116,30 @@ class ClientView:
 
     # ------------------------------------------------------------ assertions
 
-    async def expect(self, kind: str, /, *, within: float | None = None, **fields: Any) -> Any:
-        """Wait for the next unread message and check that it is *kind* with *fields*."""
+    def _checked(self, coro: Coroutine[Any, Any, Any], what: str) -> Any:
+        if self._track is None:
+            return coro
+        check = Checked(coro, what)
+        self._track(check)
+        return check
+
+    def expect(self, kind: str, /, *, within: float | None = None, **fields: Any) -> Any:
+        """Wait for the next unread message and check that it is *kind* with *fields*.
+
+        Returns an awaitable (``await client.expect(...)``) whose result is the message body.
+        Under the harness, one that is never awaited fails the test.
+        """
+        shown = ", ".join([repr(kind), *(f"{k}={v!r}" for k, v in fields.items())])
+        return self._checked(self._expect(kind, within, fields), f"expect({_trim(shown)})")
+
+    def expect_nothing(self, within: float) -> Any:
+        """Let *within* seconds of virtual time pass; fail if any message arrives meanwhile.
+
+        Returns an awaitable; under the harness, one that is never awaited fails the test.
+        """
+        return self._checked(self._expect_nothing(within), f"expect_nothing({within!r})")
+
+    async def _expect(self, kind: str, within: float | None, fields: dict[str, Any]) -> Any:
         if not self.online:
             raise AssertionError("this client is disconnected; call reconnect() first")
         try:
@@ -136,8 +166,7 @@ class ClientView:
             )
         return body
 
-    async def expect_nothing(self, within: float) -> None:
-        """Let *within* seconds of virtual time pass; fail if any message arrives meanwhile."""
+    async def _expect_nothing(self, within: float) -> None:
         await asyncio.sleep(within)
         if self.unread:
             shown = "\n".join(f"  {_kind(m)} {json.dumps(_body(m))}" for m in self.unread)
@@ -181,3 +210,7 @@ class ClientView:
 
 
 _MISSING = object()
+
+
+def _trim(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -17,6 +17,7 @@ from typing import Any
 
 from taskbed import MemoryStore, ModuleSDK, SQLiteStore, TaskStore, serialize
 
+from ._awaits import Checked, NeverAwaitedError, coroutine_instead_of_id, unawaited_message
 from ._client import ClientView
 from ._clock import VirtualClock, VirtualEventLoop
 from ._fake import FakeTaskManager, HarnessRuntime
@@ -106,6 +107,7 @@ class Harness:
         self.store: TaskStore = MemoryStore() if self.options.store == "memory" else SQLiteStore()
         self._runtime: HarnessRuntime | None = None
         self._clients: list[ClientView] = []
+        self._checks: list[Checked[Any]] = []  # every expect() of its clients
         self._from_pytest = False  # set by the pytest plugin: shapes the wrong-loop message
 
     # ------------------------------------------------------------ life
@@ -175,9 +177,26 @@ class Harness:
         await self.stop()
 
     def check(self) -> None:
-        """The teardown checks: every recorded and registered command was used."""
+        """The teardown checks: every check was awaited, every recorded command was used.
+
+        Raises:
+            NeverAwaitedError: an ``expect(...)`` of a client was never awaited.
+            AssertionError: a recorded or registered command went unused.
+        """
+        self.check_awaited()
         if self.options.assert_all_used:
             self.processes.assert_all_used()
+
+    def check_awaited(self) -> None:
+        """Fail for every ``expect(...)`` / ``expect_nothing(...)`` nobody awaited (so far).
+
+        Raises:
+            NeverAwaitedError: naming each one, with the line and the fix.
+        """
+        forgotten = [c for c in self._checks if not c.awaited]
+        self._checks.clear()
+        if forgotten:
+            raise NeverAwaitedError(unawaited_message(forgotten))
 
     # ------------------------------------------------------------ SDK objects
 
@@ -226,16 +245,48 @@ class Harness:
             self.runtime.connect,
             o.user if user is _UNSET else user,
             o.organization if organization is _UNSET else organization,
+            track=self._checks.append,
         )
         self._clients.append(view)
         return view
 
     async def wait(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
-        """Wait (in virtual time) until the task is terminal; its serialized row."""
-        return await self.runtime.wait(task_id, timeout)
+        """Wait (in virtual time) until the task is terminal; its serialized row.
+
+        Raises:
+            TypeError: *task_id* is a coroutine (a ``run_background`` call without ``await``).
+            TimeoutError: *timeout* seconds of virtual time passed first; the message says
+                where the task stands.
+        """
+        if (wrong := coroutine_instead_of_id(task_id, "taskbed.wait()")) is not None:
+            raise wrong
+        try:
+            return await self.runtime.wait(task_id, timeout)
+        except TimeoutError:
+            raise TimeoutError(self._timeout_message(task_id, timeout)) from None
+
+    def _timeout_message(self, task_id: str, timeout: float | None) -> str:
+        record = self.store.get(task_id)
+        if record is None:
+            where = "no row exists for it"
+        else:
+            row = serialize(record)
+            where = (
+                f"it is still {row['status']!r} (label {row['label']!r}, progress "
+                f"{row['progress']!r})"
+            )
+            if task_id in self.manager.held:
+                where += ", held by the fake task manager: call taskbed.manager.release()"
+        return (
+            f"taskbed.wait({task_id!r}, timeout={timeout!r}): the task did not end within "
+            f"{timeout!r} s of virtual time; {where}. Wait longer, or look at what the task "
+            "awaits (see docs/guides/troubleshooting.md#wait-timeout)"
+        )
 
     def row(self, task_id: str) -> dict[str, Any]:
         """The task's serialized row as it is now."""
+        if (wrong := coroutine_instead_of_id(task_id, "taskbed.row()")) is not None:
+            raise wrong
         record = self.store.get(task_id)
         if record is None:
             raise LookupError(f"no task with id {task_id!r}")

@@ -108,6 +108,31 @@ def _policy_loop() -> asyncio.AbstractEventLoop:
     return asyncio.get_event_loop_policy().new_event_loop()
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """A taskbed test fails for every check or SDK call it never awaited.
+
+    Python only warns about a coroutine that never ran, when it is collected (and the warning
+    points wherever the collector happened to run), so a forgotten ``await`` would pass.
+    """
+    if FIXTURE not in getattr(item, "fixturenames", ()):
+        return (yield)
+    from ._awaits import NeverAwaitedError, collect_forgotten, forgotten_message
+
+    with collect_forgotten() as forgotten:
+        try:
+            yield
+        except BaseException as exc:
+            if forgotten:  # often the cause: a wait on what should have been a task id
+                exc.add_note(forgotten_message(forgotten))
+            raise
+    if forgotten:
+        raise NeverAwaitedError(forgotten_message(forgotten))
+    harness = getattr(item, "funcargs", {}).get(FIXTURE)
+    if harness is not None:
+        harness.check_awaited()
+
+
 def _cassette_path(node: pytest.Item) -> Path:
     path = Path(str(node.path))
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", node.name).strip("_")
