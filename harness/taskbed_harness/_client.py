@@ -109,7 +109,7 @@ class ClientView:
     def _transcript(self) -> str:
         lines = [f"messages received by user {self.user_id!r} (org {self.organization_id!r}):"]
         for index, (at, message) in enumerate(self.timeline):
-            lines.append(f"  [{index}] t={at:.6f} {_kind(message)} {json.dumps(_body(message))}")
+            lines.append(f"  [{index}] t={at:.6f} {_kind(message)} {_json(_body(message))}")
         if len(lines) == 1:
             lines.append("  (none)")
         return "\n".join(lines)
@@ -160,8 +160,9 @@ class ClientView:
             )
             raise AssertionError(
                 f"expected {kind} with {fields}\n"
-                f"     got {_kind(message)} {json.dumps(body)}\n"
+                f"     got {_kind(message)} {_json(body)}\n"
                 + (f"  differing fields:\n{diff}\n" if diff else "")
+                + _failure(message)
                 + self._transcript()
             )
         return body
@@ -169,7 +170,7 @@ class ClientView:
     async def _expect_nothing(self, within: float) -> None:
         await asyncio.sleep(within)
         if self.unread:
-            shown = "\n".join(f"  {_kind(m)} {json.dumps(_body(m))}" for m in self.unread)
+            shown = "\n".join(f"  {_kind(m)} {_json(_body(m))}" for m in self.unread)
             raise AssertionError(
                 f"expected no message within {within} s, but these are unread:\n{shown}"
             )
@@ -210,6 +211,21 @@ class ClientView:
 
 
 _MISSING = object()
+
+
+def _json(body: dict[str, Any]) -> str:
+    """A message body on one line, non-ASCII text as it is (``été``, not ``\\u00e9t\\u00e9``)."""
+    return json.dumps(body, ensure_ascii=False, default=repr)
+
+
+def _failure(message: Message) -> str:
+    """For a ``backgroundTaskError``, the task's error as the task raised it, line by line."""
+    if _kind(message) != "backgroundTaskError":
+        return ""
+    error = _body(message).get("error")
+    text = error if isinstance(error, str) else repr(error)
+    block = "\n".join(f"    {line}" for line in text.splitlines() or [""])
+    return f"  the task failed with:\n{block}\n"
 
 
 def _trim(text: str, limit: int = 120) -> str:
