@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ._clock import FreezegunConflictError as FreezegunConflictError
     from ._clock import VirtualClock as VirtualClock
     from ._clock import VirtualEventLoop as VirtualEventLoop
+    from ._clock import WatchdogError as WatchdogError
     from ._clock import new_virtual_loop as new_virtual_loop
     from ._conform import Outcome as Outcome
     from ._conform import Result as Result
@@ -65,6 +66,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "FreezegunConflictError": ("._clock", "FreezegunConflictError"),
     "VirtualClock": ("._clock", "VirtualClock"),
     "VirtualEventLoop": ("._clock", "VirtualEventLoop"),
+    "WatchdogError": ("._clock", "WatchdogError"),
     "new_virtual_loop": ("._clock", "new_virtual_loop"),
     "Outcome": ("._conform", "Outcome"),
     "Result": ("._conform", "Result"),
@@ -116,6 +118,7 @@ __all__ = (
     "UnmatchedCommandError",
     "VirtualClock",
     "VirtualEventLoop",
+    "WatchdogError",
     "fake_implementation",
     "load_rules",
     "new_virtual_loop",

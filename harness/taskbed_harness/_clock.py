@@ -86,17 +86,30 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import functools
 import heapq
 import math
 import os
 import selectors
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, TypeVarTuple, cast
+
+from ._watchdog import (
+    DEFAULT_WATCHDOG,
+    DaemonThreadPool,
+    Work,
+    callable_name,
+    how_to_change,
+    interrupted,
+    is_interrupted,
+    real_monotonic,
+)
 
 if TYPE_CHECKING:
     import time_machine
@@ -107,6 +120,7 @@ __all__ = (
     "FreezegunConflictError",
     "VirtualClock",
     "VirtualEventLoop",
+    "WatchdogError",
     "new_virtual_loop",
 )
 
@@ -124,6 +138,15 @@ class DeadlockError(RuntimeError):
     """The loop is idle and nothing can ever wake it: every task waits, forever.
 
     The message lists the pending tasks (where each one waits) and the pending timers.
+    """
+
+
+class WatchdogError(DeadlockError):
+    """A run of the loop took longer than its real-time budget (``watchdog`` seconds).
+
+    Either work outside the loop is stuck (the message names each thread with its stack, each
+    process with its pid and command), or a job spins (the message says how far virtual time
+    ran, and where each task is). The stuck work is let go, so the test can end.
     """
 
 
@@ -361,12 +384,13 @@ def _shift(traveller: time_machine.Traveller, delta_ns: int) -> None:
 
 
 class _TrackingExecutor(concurrent.futures.Executor):
-    """Test seam around an executor: hands every future it returns to ``record``."""
+    """Test seam around an executor: hands every future it returns to ``record``, with a
+    ``Work`` that learns which thread runs the call (for the watchdog's messages)."""
 
     def __init__(
         self,
         inner: concurrent.futures.Executor,
-        record: Callable[[concurrent.futures.Future[Any]], None],
+        record: Callable[[concurrent.futures.Future[Any], Work], None],
     ) -> None:
         self._inner = inner
         self._record = record
@@ -374,9 +398,20 @@ class _TrackingExecutor(concurrent.futures.Executor):
     def submit(
         self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
     ) -> concurrent.futures.Future[T]:
+        work = Work("thread", callable_name(fn))
+        work.pool = self._inner
+        if isinstance(self._inner, concurrent.futures.ThreadPoolExecutor):
+            # Only thread pools: a process pool must pickle fn, and a closure does not pickle.
+            fn = functools.partial(_run_as, work, fn)
         future = self._inner.submit(fn, *args, **kwargs)
-        self._record(future)
+        work.future = future
+        self._record(future, work)
         return future
+
+
+def _run_as(work: Work, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    work.thread = threading.current_thread()
+    return fn(*args, **kwargs)
 
 
 class _VirtualSelector(selectors.BaseSelector):
@@ -422,6 +457,9 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
             the loop (threads, subprocesses).
         deadlock_grace: how long, in real seconds, a loop that would wait forever waits for
             something outside (a thread or a peer it cannot see) before ``DeadlockError``.
+        watchdog: the real seconds one run of the loop (``run_until_complete``) may take
+            before it fails with ``WatchdogError`` (stuck thread or process, or a job that
+            polls forever); None or 0 turns the watchdog off.
     """
 
     def __init__(
@@ -431,8 +469,14 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
         noop_cycles: int = 3,
         idle_slice: float = 0.001,
         deadlock_grace: float = 0.1,
+        watchdog: float | None = DEFAULT_WATCHDOG,
     ) -> None:
         self.clock = clock if clock is not None else VirtualClock()
+        self.watchdog = watchdog or None
+        self._run_started = real_monotonic()
+        self._run_virtual_ns = 0
+        self._jumps = 0
+        self._watchdog_fired = False
         self._noop_cycles = noop_cycles
         self._idle_slice = idle_slice
         self._grace_slices = max(1, round(deadlock_grace / idle_slice))
@@ -443,10 +487,12 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
         # to the nanosecond nearest the deadline, which must be close enough for that.
         self._resolution = time.get_clock_info("monotonic").resolution
         # (thread's future, loop's future) of every executor call not yet finished
-        self._executor_calls: list[tuple[concurrent.futures.Future[Any], asyncio.Future[Any]]]
-        self._executor_calls = []
-        self._processes: list[asyncio.SubprocessTransport] = []
-        self._external = 0
+        self._executor_calls: list[
+            tuple[concurrent.futures.Future[Any], asyncio.Future[Any], Work]
+        ] = []
+        self._processes: list[tuple[asyncio.SubprocessTransport, Work]] = []
+        self._external: list[Work] = []  # open external_work() blocks
+        self._let_go: set[Work] = set()  # stuck work the watchdog stopped holding time for
         self._advancing = 0
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._default_pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -517,16 +563,27 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
         wake it: the loop waits for it in real time instead of jumping or reporting a
         deadlock. Executor calls and asyncio subprocesses are tracked without this.
         """
-        self._external += 1
+        frame = sys._getframe(2)  # the caller of the `with` (contextmanager adds one frame)
+        work = Work("external", "", f"{_short(frame.f_code.co_filename)}:{frame.f_lineno}")
+        self._external.append(work)
         try:
             yield
         finally:
-            self._external -= 1
+            self._external.remove(work)
+            self._let_go.discard(work)
 
     # ------------------------------------------------------------ the select ladder
 
     def _virtual_select(self, timeout: float | None) -> list[tuple[selectors.SelectorKey, int]]:
         real = self._real_selector
+        if (
+            self.watchdog is not None
+            and not self._watchdog_fired
+            and real_monotonic() - self._run_started > self.watchdog
+        ):
+            self._watchdog_fired = True
+            self._fire_watchdog()
+            return []
         ready = real.select(0)
         if ready or (timeout is not None and timeout <= 0):
             self._reset_idle()
@@ -554,6 +611,7 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
             self._reset_idle()
             return []
         if timeout is not None and (self.clock.autojump or self._advancing):
+            self._jumps += 1
             self.clock._move_to(self._next_deadline_ns(timeout))
             self._reset_idle()
             return []
@@ -602,13 +660,76 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
         return sorted((h for h in self._scheduled_timers() if not h.cancelled()), key=_when)
 
     def _in_flight(self) -> bool:
-        if self._external:
+        if is_interrupted():  # Ctrl-C: wait for nothing outside the loop any more
+            self._let_go_of(self._stuck())
+            return False
+        if any(w not in self._let_go for w in self._external):
             return True
-        self._executor_calls = [
-            (cf, af) for cf, af in self._executor_calls if not (cf.done() and af.done())
-        ]
-        self._processes = [p for p in self._processes if p.get_returncode() is None]
+        self._in_flight_prune()
         return bool(self._executor_calls or self._processes)
+
+    def _stuck(self) -> list[Work]:
+        """The work outside the loop that holds time still now, oldest first."""
+        self._in_flight_prune()
+        work = [w for w in self._external if w not in self._let_go]
+        work += [w for _, _, w in self._executor_calls]
+        work += [w for _, w in self._processes]
+        return sorted(work, key=lambda w: w.since)
+
+    def _in_flight_prune(self) -> None:
+        self._executor_calls = [
+            (cf, af, w)
+            for cf, af, w in self._executor_calls
+            if not (cf.done() and af.done()) and w not in self._let_go
+        ]
+        self._processes = [
+            (p, w)
+            for p, w in self._processes
+            if p.get_returncode() is None and w not in self._let_go
+        ]
+
+    def _let_go_of(self, stuck: list[Work]) -> None:
+        """Stop holding time for *stuck*: kill its processes, abandon its pool threads."""
+        for work in stuck:
+            self._let_go.add(work)
+            if work.thread is not None and isinstance(work.pool, DaemonThreadPool):
+                work.pool.abandon(work.thread)
+        for transport, work in self._processes:
+            if work in self._let_go:
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    transport.close()  # kills the process if it still runs, closes its pipes
+        self._in_flight_prune()
+
+    def _fire_watchdog(self) -> None:
+        """The run took longer than the watchdog allows: fail it, naming what is stuck."""
+        assert self.watchdog is not None
+        now = real_monotonic()
+        stuck = self._stuck()
+        took = now - self._run_started
+        if stuck:
+            lines = [
+                f"taskbed watchdog: this run of the event loop took more than {self.watchdog:g} "
+                f"s of real time ({took:.1f} s), and virtual time cannot advance: it waits for "
+                f"work outside the loop that has not finished. Stuck ({len(stuck)}):"
+            ]
+            for work in stuck:
+                lines += [f"  {line}" for line in work.describe(now)]
+        else:
+            moved = (self.clock.monotonic_ns() - self._run_virtual_ns) / _NS
+            lines = [
+                f"taskbed watchdog: this run of the event loop took more than {self.watchdog:g} "
+                f"s of real time ({took:.1f} s) without finishing, while virtual time ran "
+                f"{moved:.9g} s ({self._jumps} jumps): a job that polls forever, or a loop that "
+                "never waits for anything? Where each task is:"
+            ]
+        tasks = sorted(asyncio.all_tasks(self), key=lambda t: t.get_name())
+        lines.append(f"Pending tasks ({len(tasks)}):")
+        lines += [f"  - {_describe_task(task)}" for task in tasks[:20]]
+        if len(tasks) > 20:
+            lines.append(f"  ... and {len(tasks) - 20} more")
+        lines.append(how_to_change(self.watchdog))
+        self._let_go_of(stuck)
+        self._deliver(WatchdogError("\n".join(lines)))
 
     def _deliver(self, error: Exception) -> None:
         """Fail the main future of ``run_until_complete``; without one, raise out of the loop."""
@@ -673,7 +794,9 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
         except (DeadlockError, FreezegunConflictError) as error:
             self._unwind(main, error)
             raise
-        except BaseException:
+        except BaseException as error:
+            if isinstance(error, KeyboardInterrupt):
+                interrupted()  # Ctrl-C: from now on nothing waits for stuck work
             if new_task and main.done() and not main.cancelled():
                 main.exception()  # retrieved: the caller never saw the task
             raise
@@ -724,6 +847,10 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
                 f"{clock!r} already runs another event loop; give each loop its own clock"
             )
         clock._loop = self
+        self._run_started = real_monotonic()  # the watchdog's budget is per run
+        self._run_virtual_ns = clock.monotonic_ns()
+        self._jumps = 0
+        self._watchdog_fired = False
         try:
             with clock._wall_clock():
                 super().run_forever()
@@ -740,18 +867,18 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
     ) -> asyncio.Future[T]:
         if executor is None:
             executor = self._default_pool_for_calls()
-        submitted: list[concurrent.futures.Future[Any]] = []
-        future = super().run_in_executor(_TrackingExecutor(executor, submitted.append), func, *args)
-        self._executor_calls += [(inner, future) for inner in submitted]
+        submitted: list[tuple[concurrent.futures.Future[Any], Work]] = []
+        tracking = _TrackingExecutor(executor, lambda f, w: submitted.append((f, w)))
+        future = super().run_in_executor(tracking, func, *args)
+        self._executor_calls += [(inner, future, work) for inner, work in submitted]
         return future
 
     def _default_pool_for_calls(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._default_pool_shut:
             raise RuntimeError("Executor shutdown has been called")
         if self._default_pool is None:
-            self.set_default_executor(
-                concurrent.futures.ThreadPoolExecutor(thread_name_prefix="asyncio")
-            )
+            # daemon threads: a stuck one cannot keep the interpreter from exiting
+            self.set_default_executor(DaemonThreadPool(thread_name_prefix="asyncio"))
         assert self._default_pool is not None
         return self._default_pool
 
@@ -767,12 +894,12 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
 
     async def subprocess_exec(self, *args: Any, **kwargs: Any) -> Any:
         transport, protocol = await super().subprocess_exec(*args, **kwargs)
-        self._processes.append(transport)
+        self._processes.append((transport, Work("process", _describe_process(transport))))
         return transport, protocol
 
     async def subprocess_shell(self, *args: Any, **kwargs: Any) -> Any:
         transport, protocol = await super().subprocess_shell(*args, **kwargs)
-        self._processes.append(transport)
+        self._processes.append((transport, Work("process", _describe_process(transport))))
         return transport, protocol
 
     def __repr__(self) -> str:
@@ -780,8 +907,12 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
         return f"<VirtualEventLoop {state} {self.clock!r}>"
 
 
-def new_virtual_loop(clock: VirtualClock | None = None) -> VirtualEventLoop:
+def new_virtual_loop(
+    clock: VirtualClock | None = None, *, watchdog: float | None = DEFAULT_WATCHDOG
+) -> VirtualEventLoop:
     """A fresh virtual-time event loop on *clock* (a new ``VirtualClock()`` by default).
+
+    *watchdog* is the loop's real-time budget per run (see ``VirtualEventLoop``).
 
     Example:
         >>> loop = new_virtual_loop()
@@ -790,7 +921,7 @@ def new_virtual_loop(clock: VirtualClock | None = None) -> VirtualEventLoop:
         3600.0
         >>> loop.close()
     """
-    return VirtualEventLoop(clock)
+    return VirtualEventLoop(clock, watchdog=watchdog)
 
 
 # ---------------------------------------------------------------- helpers
@@ -829,6 +960,14 @@ def _describe_task(task: asyncio.Task[Any]) -> str:
     if waiting is not None:
         text += f", waiting for {_trim(repr(waiting))}"
     return text
+
+
+def _describe_process(transport: asyncio.SubprocessTransport) -> str:
+    """``pid 4242: ['sleep', '3600']``: asyncio keeps the Popen on its transport."""
+    popen = getattr(transport, "_proc", None)  # asyncio internals, read only
+    args = getattr(popen, "args", None)
+    shown = f": {_trim(repr(list(args)))}" if isinstance(args, list | tuple) else ""
+    return f"pid {transport.get_pid()}{shown}"
 
 
 def _short(path: str) -> str:

@@ -43,6 +43,10 @@ class HarnessOptions:
         start: where the virtual clock starts (a timezone-aware ``datetime`` or epoch
             seconds; default 2026-01-01T00:00:00Z). The pytest plugin reads it from the marker
             when it makes the test's loop.
+        watchdog: real seconds each run of the loop may take before it fails with
+            ``WatchdogError`` (a stuck thread or process, or a job that polls forever); 0
+            turns it off; None keeps the loop's own (60 s unless told otherwise).
+            ``--taskbed-watchdog=SECONDS`` overrides it.
     """
 
     user: Any = 7
@@ -58,10 +62,17 @@ class HarnessOptions:
     redact_keys: tuple[str, ...] = ()
     store: str = "memory"
     start: datetime | float | None = None
+    watchdog: float | None = None
 
     def __post_init__(self) -> None:
         if self.store not in ("memory", "sqlite"):
             raise ValueError(f"store must be 'memory' or 'sqlite', got {self.store!r}")
+        w = self.watchdog
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int | float) or w < 0):
+            raise ValueError(
+                f"watchdog takes a number of real seconds (0 turns it off), got {w!r}; "
+                "e.g. @pytest.mark.taskbed(watchdog=120)"
+            )
 
     @classmethod
     def merged(cls, layers: Iterable[dict[str, Any]]) -> HarnessOptions:
@@ -129,11 +140,13 @@ class Harness:
         return self.runtime.fake
 
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
         if self._clock is None:
-            loop = asyncio.get_running_loop()
             if not isinstance(loop, VirtualEventLoop):
                 raise RuntimeError(self._wrong_loop_message(loop))
             self._clock = loop.clock
+        if isinstance(loop, VirtualEventLoop) and self.options.watchdog is not None:
+            loop.watchdog = self.options.watchdog or None
         self._clock.autojump = self.options.autojump
         self._runtime = HarnessRuntime(
             store=self.store, clock=self._clock, process_runner=self.processes

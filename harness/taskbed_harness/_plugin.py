@@ -49,6 +49,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="record mode for subprocess cassettes: none (replay only, the default), once, "
         "new, all. Overrides @pytest.mark.taskbed(record=...).",
     )
+    group.addoption(
+        "--taskbed-watchdog",
+        dest="taskbed_watchdog",
+        default=None,
+        type=float,
+        metavar="SECONDS",
+        help="real seconds each run of a taskbed test's event loop may take before the test "
+        "fails with WatchdogError, naming what is stuck (default 60; 0 turns it off). "
+        "Overrides @pytest.mark.taskbed(watchdog=...).",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -133,6 +143,13 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
         harness.check_awaited()
 
 
+def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    """Ctrl-C: teardown must not wait for stuck threads or processes (the run ends now)."""
+    from ._watchdog import interrupted
+
+    interrupted()
+
+
 def _cassette_path(node: pytest.Item) -> Path:
     path = Path(str(node.path))
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", node.name).strip("_")
@@ -152,7 +169,10 @@ def _options(node: pytest.Item) -> Any:
         layers.append(dict(marker.kwargs))
     defaults: dict[str, Any] = {"cassette": _cassette_path(node)}
     cli_mode = node.config.getoption("taskbed_record")
-    overrides = {"record": cli_mode} if cli_mode is not None else {}
+    overrides: dict[str, Any] = {"record": cli_mode} if cli_mode is not None else {}
+    cli_watchdog = node.config.getoption("taskbed_watchdog")
+    if cli_watchdog is not None:
+        overrides["watchdog"] = cli_watchdog
     return HarnessOptions.merged([defaults, *layers, overrides])
 
 

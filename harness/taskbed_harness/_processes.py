@@ -77,9 +77,12 @@ _MODE_HELP: Final = {
 
 _SANDBOX_PREFIX: Final = "MODULE_SDK_"
 
-# Recording measures real durations: bound now, so a virtual time.perf_counter() (the clock
-# patches the module attribute while a test's loop runs) is never the one read here.
-_real_perf_counter: Final = time.perf_counter
+
+def _real_perf_counter(_real: Callable[[], float] = time.perf_counter) -> float:
+    """Recording measures real durations: the real clock, bound at import, out of reach of
+    the virtual ``time.perf_counter`` of a test and of freezegun's patching."""
+    return _real()
+
 
 # Where the message of every harness error points (the lead's guide page).
 _DOCS: Final = "(see docs/guides/recording.md)"

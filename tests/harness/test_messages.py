@@ -32,7 +32,7 @@ def test_a_failed_tasks_error_is_shown_as_raised() -> None:
         client = tb.client()
 
         async def job() -> None:
-            raise ValueError("can't read été.csv:\nline 3: bad \"quote\"")
+            raise ValueError('can\'t read été.csv:\nline 3: bad "quote"')
 
         async with tb.request() as sdk:
             task_id = await sdk.tasks.run_background(job(), "Import")
@@ -44,9 +44,7 @@ def test_a_failed_tasks_error_is_shown_as_raised() -> None:
         assert "     got backgroundTaskError {" in message
         assert "été.csv" in message.split("\n")[1]  # not \\u00e9t\\u00e9
         assert (
-            "  the task failed with:\n"
-            "    can't read été.csv:\n"
-            '    line 3: bad "quote"\n'
+            '  the task failed with:\n    can\'t read été.csv:\n    line 3: bad "quote"\n'
         ) in message
 
     with_harness(body)
