@@ -69,13 +69,17 @@ without ``real_asyncio=True`` is reported with ``FreezegunConflictError``; with
 Limits
 ------
 
-* ``time.monotonic()`` and ``time.perf_counter()`` stay real: code that measures time
-  should read ``loop.time()`` (or the Clock port).
+* ``time.monotonic()``, ``time.perf_counter()`` and their ``_ns`` forms read virtual time
+  while the loop runs, on the loop's thread, for callers outside the standard library, taskbed
+  and the test tools (those measure real timeouts); worker threads read real time. A name
+  bound before with ``from time import monotonic`` stays real. ``VirtualClock(
+  virtual_monotonic=False)`` (marker option ``virtual_monotonic=False``) leaves them real.
 * Work the loop cannot see (a ``threading.Thread`` started by hand, a peer on the network)
   does not hold time back: a pending timeout fires at once. Wrap the wait in
   ``with loop.external_work():``. With no timer pending, the deadlock grace covers short waits.
-* A worker thread or subprocess that never ends holds time still forever; the loop then
-  waits in real time and no ``DeadlockError`` is reported (use pytest's timeout plugins).
+* A worker thread or subprocess that never ends holds time still; the real-time watchdog
+  (``watchdog=`` seconds per run, 60 by default) then fails the run with ``WatchdogError``,
+  naming what is stuck, and lets it go (see ``_watchdog.py``).
 * A time-machine traveller started inside the test sits on top of the clock's and wins
   until it stops.
 """
@@ -98,7 +102,7 @@ from collections.abc import Awaitable, Callable, Generator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, TypeVarTuple, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, TypeVarTuple, cast
 
 from ._watchdog import (
     DEFAULT_WATCHDOG,
@@ -213,6 +217,10 @@ class VirtualClock:
         start: the wall time at the clock's origin: epoch seconds, or an aware datetime.
         autojump: jump to the next timer whenever the loop is idle (the default). Off, time
             moves only by ``await clock.advance(seconds)``.
+        virtual_monotonic: while the loop runs, ``time.monotonic()``, ``time.perf_counter()``
+            and their ``_ns`` forms read virtual time, as ``loop.time()`` does, when called on
+            the loop's thread by code outside the standard library and the test tools (the
+            default). False leaves them real.
 
     Example:
         >>> clock = VirtualClock()
@@ -220,10 +228,19 @@ class VirtualClock:
         (1767225600.0, 0.0)
     """
 
-    def __init__(self, start: float | datetime = DEFAULT_START, *, autojump: bool = True) -> None:
+    def __init__(
+        self,
+        start: float | datetime = DEFAULT_START,
+        *,
+        autojump: bool = True,
+        virtual_monotonic: bool = True,
+    ) -> None:
         self._start_ns = _start_ns(start)
         self._mono_ns = 0
         self._autojump = bool(autojump)
+        self.virtual_monotonic = bool(virtual_monotonic)
+        self._loop_thread: int | None = None  # the thread the loop runs on, while it runs
+        self._unpatch: Callable[[], None] | None = None
         self._loop: VirtualEventLoop | None = None  # the loop running on this clock, if any
         self._wall_depth = 0
         self._travel: time_machine.travel | None = None
@@ -356,19 +373,92 @@ class VirtualClock:
             self._travel = time_machine.travel(ns // _NS, tick=False)
             self._traveller = self._travel.start()
             _shift(self._traveller, ns % _NS)
+            self._unpatch = _patch_monotonic(self)
         self._wall_depth += 1
         try:
             yield
         finally:
             self._wall_depth -= 1
-            if self._wall_depth == 0 and self._travel is not None:
-                travel, self._travel, self._traveller = self._travel, None, None
-                travel.stop()
+            if self._wall_depth == 0:
+                if self._unpatch is not None:
+                    unpatch, self._unpatch = self._unpatch, None
+                    unpatch()
+                if self._travel is not None:
+                    travel, self._travel, self._traveller = self._travel, None, None
+                    travel.stop()
+
+    def _reads_virtual(self, caller: Any) -> bool:
+        """Whether a ``time.monotonic()`` call from frame *caller* gets virtual time."""
+        if not self.virtual_monotonic or self._loop is None:
+            return False
+        if threading.get_ident() != self._loop_thread:
+            return False  # a worker thread is not virtual: its deadlines pass in real time
+        name = caller.f_globals.get("__name__") or ""
+        return name.partition(".")[0] not in _REAL_TIME_CALLERS
 
     def __repr__(self) -> str:
         stamp = self.now_datetime().isoformat(timespec="microseconds")
         state = "on" if self._autojump else "off"
         return f"<VirtualClock monotonic={self.monotonic()!r} wall={stamp} autojump={state}>"
+
+
+# The real clocks, bound at import (in a tuple: freezegun replaces module attributes that
+# *are* the real functions, and would swap these for its fakes).
+_REAL_CLOCKS: Final = (time.monotonic, time.monotonic_ns, time.perf_counter, time.perf_counter_ns)
+
+# Callers that always read real time: the standard library (asyncio, threading, subprocess,
+# concurrent.futures and sqlite3 measure real timeouts with these clocks), taskbed itself
+# (the reference's busy-wait deadlines, the harness's measurements), and the test tools.
+_REAL_TIME_CALLERS: Final = frozenset(sys.stdlib_module_names) | {
+    "taskbed",
+    "taskbed_harness",
+    "_pytest",
+    "pytest",
+    "pluggy",
+    "pytest_asyncio",
+    "hypothesis",
+    "time_machine",
+    "freezegun",
+    "coverage",
+}
+
+
+def _patch_monotonic(clock: VirtualClock) -> Callable[[], None]:
+    """Point ``time.monotonic`` & co. at *clock* (where ``_reads_virtual`` says so).
+
+    Only the ``time`` module's attributes change: a name bound earlier with
+    ``from time import monotonic`` keeps the real clock. Returns the undo.
+    """
+    real_mono, real_mono_ns, real_perf, real_perf_ns = _REAL_CLOCKS
+
+    def monotonic() -> float:
+        return clock.monotonic() if clock._reads_virtual(sys._getframe(1)) else real_mono()
+
+    def monotonic_ns() -> int:
+        return clock.monotonic_ns() if clock._reads_virtual(sys._getframe(1)) else real_mono_ns()
+
+    def perf_counter() -> float:
+        return clock.monotonic() if clock._reads_virtual(sys._getframe(1)) else real_perf()
+
+    def perf_counter_ns() -> int:
+        return clock.monotonic_ns() if clock._reads_virtual(sys._getframe(1)) else real_perf_ns()
+
+    ours = {
+        "monotonic": monotonic,
+        "monotonic_ns": monotonic_ns,
+        "perf_counter": perf_counter,
+        "perf_counter_ns": perf_counter_ns,
+    }
+    before = {name: getattr(time, name) for name in ours}
+    for name, function in ours.items():
+        setattr(time, name, function)
+
+    def undo() -> None:
+        for name, function in ours.items():
+            if getattr(time, name) is function:  # someone patched over us: leave theirs
+                setattr(time, name, before[name])
+
+    return undo
 
 
 def _shift(traveller: time_machine.Traveller, delta_ns: int) -> None:
@@ -847,6 +937,7 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
                 f"{clock!r} already runs another event loop; give each loop its own clock"
             )
         clock._loop = self
+        clock._loop_thread = threading.get_ident()
         self._run_started = real_monotonic()  # the watchdog's budget is per run
         self._run_virtual_ns = clock.monotonic_ns()
         self._jumps = 0
@@ -856,6 +947,7 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
                 super().run_forever()
         finally:
             clock._loop = None
+            clock._loop_thread = None
 
     # ------------------------------------------------------------ work outside the loop
 

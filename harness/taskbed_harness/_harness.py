@@ -47,6 +47,9 @@ class HarnessOptions:
             ``WatchdogError`` (a stuck thread or process, or a job that polls forever); 0
             turns it off; None keeps the loop's own (60 s unless told otherwise).
             ``--taskbed-watchdog=SECONDS`` overrides it.
+        virtual_monotonic: ``False`` keeps ``time.monotonic()`` and ``time.perf_counter()``
+            real in this test (by default they read virtual time, as ``loop.time()`` does);
+            None keeps the clock's own setting.
     """
 
     user: Any = 7
@@ -63,6 +66,7 @@ class HarnessOptions:
     store: str = "memory"
     start: datetime | float | None = None
     watchdog: float | None = None
+    virtual_monotonic: bool | None = None
 
     def __post_init__(self) -> None:
         if self.store not in ("memory", "sqlite"):
@@ -145,6 +149,8 @@ class Harness:
             if not isinstance(loop, VirtualEventLoop):
                 raise RuntimeError(self._wrong_loop_message(loop))
             self._clock = loop.clock
+        if self.options.virtual_monotonic is not None:
+            self._clock.virtual_monotonic = self.options.virtual_monotonic
         if isinstance(loop, VirtualEventLoop) and self.options.watchdog is not None:
             loop.watchdog = self.options.watchdog or None
         self._clock.autojump = self.options.autojump
