@@ -52,9 +52,13 @@ def test_a_deadline_loop_ends_at_its_virtual_deadline(run: Run) -> None:
 
 def test_every_form_reads_the_loops_time_exactly(run: Run) -> None:
     async def main() -> list[float | int]:
-        before = (time.monotonic(), time.perf_counter(), time.monotonic_ns(), time.perf_counter_ns())
+        def read() -> tuple[float, float, int, int]:
+            seconds = time.monotonic(), time.perf_counter()
+            return (*seconds, time.monotonic_ns(), time.perf_counter_ns())
+
+        before = read()
         await asyncio.sleep(90)
-        after = (time.monotonic(), time.perf_counter(), time.monotonic_ns(), time.perf_counter_ns())
+        after = read()
         assert time.monotonic() == asyncio.get_running_loop().time()
         return [b - a for a, b in zip(before, after, strict=True)]
 
