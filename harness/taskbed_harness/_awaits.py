@@ -114,7 +114,13 @@ def collect_forgotten() -> Iterator[list[Coroutine[Any, Any, Any]]]:
         yield found
         return
 
+    passed_on: set[int] = set()  # coroutines handed to one that never ran: not theirs to await
+
     def record(coro: Any) -> None:
+        if id(coro) in passed_on:
+            passed_on.discard(id(coro))
+            return
+        passed_on.update(_coroutine_arguments(coro))
         found.append(coro)
 
     depth = sys.get_coroutine_origin_tracking_depth()
@@ -157,6 +163,8 @@ def coroutine_instead_of_id(value: object, where: str) -> TypeError | None:
     if not isinstance(value, CoroutineType | Checked):
         return None
     name = getattr(value, "__qualname__", type(value).__name__)
+    for argument in _coroutine_arguments(value, objects=True):
+        argument.close()  # e.g. the job passed to the run_background call that never ran
     value.close()  # reported here: no "never awaited" warning later
     return TypeError(
         f"{where} got a coroutine object ({name}), not a task id: the call that made it was "
@@ -165,6 +173,15 @@ def coroutine_instead_of_id(value: object, where: str) -> TypeError | None:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _coroutine_arguments(coro: Any, *, objects: bool = False) -> list[Any]:
+    """The coroutines among the arguments of a coroutine that has not started (ids, or them)."""
+    frame = getattr(coro, "cr_frame", None)
+    if frame is None or getattr(coro, "cr_running", False):
+        return []
+    found = [v for v in frame.f_locals.values() if isinstance(v, CoroutineType | Checked)]
+    return found if objects else [id(v) for v in found]
 
 
 def _with_await(source: str, name: str) -> str:

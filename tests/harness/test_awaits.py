@@ -124,6 +124,9 @@ async def test_hangs(taskbed):
             '*write: await sdk.tasks.run_background(asyncio.sleep(1), "Job")',
         ]
     )
+    # the job handed to the call that never ran is not a forgotten await of its own
+    assert "1 coroutine(s) were never awaited" in result.stdout.str()
+    assert "sleep() at" not in result.stdout.str()
 
 
 def test_without_pytest_the_harness_check_reports_unawaited_expectations() -> None:
