@@ -26,7 +26,7 @@ def run(pytester: pytest.Pytester, source: str) -> pytest.RunResult:
         """
     )
     pytester.makepyfile(test_module="import asyncio\nimport pytest\n" + source)
-    return pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=300)
 
 
 def test_an_expect_never_awaited_fails_its_test(pytester: pytest.Pytester) -> None:

@@ -54,7 +54,7 @@ def run(pytester: pytest.Pytester, *, mode: str, extra_ini: str = "") -> pytest.
         """
     )
     pytester.makepyfile(test_module=TESTS)
-    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", "-s")
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", "-s", timeout=300)
 
 
 @pytest.mark.parametrize("mode", ["strict", "auto"])
@@ -100,7 +100,7 @@ async def test_named(taskbed):
     assert isinstance(asyncio.get_running_loop(), VirtualEventLoop)
 """
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=300)
     result.assert_outcomes(passed=1)
 
 
@@ -155,7 +155,9 @@ def pytest_asyncio_loop_factories(config, item):
     )
     pytester.makepyfile(test_module=TESTS)
     pytester.syspathinsert()
-    result = pytester.runpytest_subprocess("-p", "otherplugin", "-p", "no:cacheprovider", "-s")
+    result = pytester.runpytest_subprocess(
+        "-p", "otherplugin", "-p", "no:cacheprovider", "-s", timeout=300
+    )
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["*LOOP OtherLoop*"])
 
@@ -179,7 +181,7 @@ def test_dynamic(request):
     request.getfixturevalue("taskbed")
 """
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=300)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*this test uses the taskbed fixtures, but it runs on*"])
     result.stdout.no_fnmatch_line("*run the test with the taskbed pytest fixtures*")

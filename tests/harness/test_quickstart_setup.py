@@ -17,7 +17,7 @@ def test_the_quickstart_runs_green_and_quiet(pytester: pytest.Pytester) -> None:
         assert f'--8<-- "docs/snippets/quickstart/{name}"' in PAGE.read_text(), name
         (pytester.path / name).write_text((SNIPPETS / name).read_text())
     pytester.syspathinsert()
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "default")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "default", timeout=300)
     result.assert_outcomes(passed=1)
     output = result.stdout.str() + result.stderr.str()
     assert "Warning" not in output, output
