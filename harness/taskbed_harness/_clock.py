@@ -72,8 +72,9 @@ Limits
 * ``time.monotonic()``, ``time.perf_counter()`` and their ``_ns`` forms read virtual time
   while the loop runs, on the loop's thread, for callers outside the standard library, taskbed
   and the test tools (those measure real timeouts); worker threads read real time. A name
-  bound before with ``from time import monotonic`` stays real. ``VirtualClock(
-  virtual_monotonic=False)`` (marker option ``virtual_monotonic=False``) leaves them real.
+  bound before with ``from time import monotonic`` stays real. On in taskbed tests (marker
+  option ``virtual_monotonic=False`` turns it off), off for a ``VirtualClock()`` made by hand
+  (``VirtualClock(virtual_monotonic=True)`` turns it on).
 * Work the loop cannot see (a ``threading.Thread`` started by hand, a peer on the network)
   does not hold time back: a pending timeout fires at once. Wrap the wait in
   ``with loop.external_work():``. With no timer pending, the deadlock grace covers short waits.
@@ -219,8 +220,10 @@ class VirtualClock:
             moves only by ``await clock.advance(seconds)``.
         virtual_monotonic: while the loop runs, ``time.monotonic()``, ``time.perf_counter()``
             and their ``_ns`` forms read virtual time, as ``loop.time()`` does, when called on
-            the loop's thread by code outside the standard library and the test tools (the
-            default). False leaves them real.
+            the loop's thread by code outside the standard library and the test tools. The
+            pytest plugin turns it on for taskbed tests; off (the default here), they stay
+            real, so code that drives a virtual loop itself (a benchmark, a conformance run)
+            measures real time as before.
 
     Example:
         >>> clock = VirtualClock()
@@ -233,7 +236,7 @@ class VirtualClock:
         start: float | datetime = DEFAULT_START,
         *,
         autojump: bool = True,
-        virtual_monotonic: bool = True,
+        virtual_monotonic: bool = False,
     ) -> None:
         self._start_ns = _start_ns(start)
         self._mono_ns = 0

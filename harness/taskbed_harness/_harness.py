@@ -48,8 +48,9 @@ class HarnessOptions:
             turns it off; None keeps the loop's own (60 s unless told otherwise).
             ``--taskbed-watchdog=SECONDS`` overrides it.
         virtual_monotonic: ``False`` keeps ``time.monotonic()`` and ``time.perf_counter()``
-            real in this test (by default they read virtual time, as ``loop.time()`` does);
-            None keeps the clock's own setting.
+            real in this test, ``True`` makes them read virtual time, as ``loop.time()``
+            does; None keeps the clock's own setting (on in taskbed pytest tests, off for a
+            ``VirtualClock()`` made by hand).
     """
 
     user: Any = 7

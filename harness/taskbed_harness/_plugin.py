@@ -96,14 +96,19 @@ def pytest_asyncio_loop_factories(
     others = yield
     if FIXTURE not in getattr(item, "fixturenames", ()):
         return others if others is not None else {"asyncio": _policy_loop}
-    from ._clock import VirtualClock, new_virtual_loop
+    from ._clock import DEFAULT_START, VirtualClock, new_virtual_loop
 
-    start = next(
-        (m.kwargs["start"] for m in item.iter_markers("taskbed") if "start" in m.kwargs), None
-    )
-    factory: Callable[[], asyncio.AbstractEventLoop] = (
-        new_virtual_loop if start is None else lambda: new_virtual_loop(VirtualClock(start))
-    )
+    def closest(option: str, default: Any) -> Any:
+        markers = item.iter_markers("taskbed")  # closest first
+        return next((m.kwargs[option] for m in markers if option in m.kwargs), default)
+
+    start = closest("start", None)
+    start = DEFAULT_START if start is None else start
+    virtual_monotonic = closest("virtual_monotonic", None) is not False  # on unless turned off
+
+    def factory() -> asyncio.AbstractEventLoop:
+        return new_virtual_loop(VirtualClock(start, virtual_monotonic=virtual_monotonic))
+
     # A test that picks factories by name (@pytest.mark.asyncio(loop_factories=[...])) gets
     # the virtual loop under each of those names, instead of a skip for a missing name.
     marker = item.get_closest_marker("asyncio")

@@ -16,6 +16,8 @@ import pytest
 from taskbed_harness import Harness, HarnessOptions, VirtualClock, new_virtual_loop
 from taskbed_harness._watchdog import real_monotonic
 
+pytest_plugins = ["pytester"]
+
 Run = Callable[..., Any]
 ORIGINAL = (time.monotonic, time.monotonic_ns, time.perf_counter, time.perf_counter_ns)
 
@@ -25,7 +27,7 @@ def run() -> Iterator[Run]:
     loops = []
 
     def run_on(main: object, clock: VirtualClock | None = None) -> object:
-        loop = new_virtual_loop(clock)
+        loop = new_virtual_loop(clock or VirtualClock(virtual_monotonic=True))
         loops.append(loop)
         return loop.run_until_complete(main)
 
@@ -94,3 +96,46 @@ def test_the_opt_out_keeps_them_real(run: Run) -> None:
             return time.monotonic()
 
     assert abs(run(with_option()) - real_monotonic()) < 60
+
+
+def test_a_clock_made_by_hand_keeps_real_clocks(run: Run) -> None:
+    async def main() -> float:
+        await asyncio.sleep(3600)
+        return time.monotonic()
+
+    assert abs(run(main(), VirtualClock()) - real_monotonic()) < 60
+
+
+def test_in_taskbed_tests_they_are_virtual_unless_the_marker_says_no(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeini(
+        """
+        [pytest]
+        asyncio_mode = auto
+        asyncio_default_fixture_loop_scope = function
+        filterwarnings = error
+        """
+    )
+    pytester.makepyfile(
+        test_module="""
+import asyncio
+import time
+import pytest
+
+pytest_plugins = ["pytester"]
+
+async def test_virtual(taskbed):
+    before = time.perf_counter_ns()
+    await asyncio.sleep(90)
+    assert time.perf_counter_ns() - before == 90 * 10**9
+
+@pytest.mark.taskbed(virtual_monotonic=False)
+async def test_real(taskbed):
+    before = time.monotonic()
+    await asyncio.sleep(90)
+    assert time.monotonic() - before < 60
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=300)
+    result.assert_outcomes(passed=2)
