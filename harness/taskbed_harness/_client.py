@@ -152,19 +152,9 @@ class ClientView:
                 "but nothing arrived\n" + self._transcript()
             ) from None
         body = _body(message)
-        wrong = {k: v for k, v in fields.items() if body.get(k, _MISSING) != v}
-        if _kind(message) != kind or wrong:
-            diff = "\n".join(
-                f"    {k}: expected {v!r}, got {body.get(k, '<missing>')!r}"
-                for k, v in wrong.items()
-            )
-            raise AssertionError(
-                f"expected {kind} with {fields}\n"
-                f"     got {_kind(message)} {_json(body)}\n"
-                + (f"  differing fields:\n{diff}\n" if diff else "")
-                + _failure(message)
-                + self._transcript()
-            )
+        wrong = mismatch(kind, fields, _kind(message), body)
+        if wrong is not None:
+            raise AssertionError(wrong + self._transcript())
         return body
 
     async def _expect_nothing(self, within: float) -> None:
@@ -213,16 +203,36 @@ class ClientView:
 _MISSING = object()
 
 
+def mismatch(kind: str, fields: dict[str, Any], got_kind: str, body: dict[str, Any]) -> str | None:
+    """What differs between the expected *kind* / *fields* and what came, or None if nothing.
+
+    Shared by the client's and the emitted view's ``expect``: fields compare with ``==``. A
+    ``backgroundTaskError`` that came instead shows the task's error as raised, line by line.
+    """
+    wrong = {k: v for k, v in fields.items() if body.get(k, _MISSING) != v}
+    if got_kind == kind and not wrong:
+        return None
+    diff = "\n".join(
+        f"    {k}: expected {v!r}, got {body.get(k, '<missing>')!r}" for k, v in wrong.items()
+    )
+    return (
+        f"expected {kind} with {fields}\n"
+        f"     got {got_kind} {_json(body)}\n"
+        + (f"  differing fields:\n{diff}\n" if diff else "")
+        + _failure(got_kind, body)
+    )
+
+
 def _json(body: dict[str, Any]) -> str:
     """A message body on one line, non-ASCII text as it is (``été``, not ``\\u00e9t\\u00e9``)."""
     return json.dumps(body, ensure_ascii=False, default=repr)
 
 
-def _failure(message: Message) -> str:
+def _failure(kind: str, body: dict[str, Any]) -> str:
     """For a ``backgroundTaskError``, the task's error as the task raised it, line by line."""
-    if _kind(message) != "backgroundTaskError":
+    if kind != "backgroundTaskError":
         return ""
-    error = _body(message).get("error")
+    error = body.get("error")
     text = error if isinstance(error, str) else repr(error)
     block = "\n".join(f"    {line}" for line in text.splitlines() or [""])
     return f"  the task failed with:\n{block}\n"
