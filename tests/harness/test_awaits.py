@@ -134,8 +134,12 @@ def test_without_pytest_the_harness_check_reports_unawaited_expectations() -> No
         async with Harness() as tb:
             client = tb.client()
             client.expect("backgroundTaskStarted")
-            with pytest.raises(NeverAwaitedError, match=r"expect\('backgroundTaskStarted'\)"):
+            tb.emitted.expect("notify", channel="toast")
+            with pytest.raises(NeverAwaitedError) as info:
                 tb.check()
+            assert "2 check(s) of this test were never awaited" in str(info.value)
+            assert "expect('backgroundTaskStarted')" in str(info.value)
+            assert "emitted.expect('notify', channel='toast')" in str(info.value)
             tb.check()  # reported once
 
     loop = new_virtual_loop()
