@@ -15,7 +15,7 @@ import logging
 import os
 import secrets
 import tempfile
-from typing import Any
+from typing import Any, ClassVar
 
 from democrai.core.application.auth.jwt import create_access_token
 from democrai.core.application.tasks.models import BackgroundTaskRecord, PendingNotificationRecord
@@ -25,6 +25,7 @@ from democrai.core.infrastructure.network.runtime.network import Network
 from democrai.core.runtime.foundation.app import RequestContext, app_ctx, reset_req_ctx, set_req_ctx
 from democrai.core.runtime.foundation.registry import task_registry
 from democrai.sdk.client import SDK
+
 from taskbed_harness import SANDBOX_VARIABLES
 
 ACTIVE = ("pending", "running", "waiting_confirmation")
@@ -73,7 +74,9 @@ class Connection:
         return await self.impl.bus.inboxes[self.client_id].get()
 
     async def send(self, message: dict[str, Any]) -> None:
-        token = create_access_token({"user_id": self.user_id, "organization_id": self.organization_id})
+        token = create_access_token(
+            {"user_id": self.user_id, "organization_id": self.organization_id}
+        )
         self.impl.bus.on_message(self.client_id, {**message, "jwt": token})
         await asyncio.sleep(0.001)  # virtual time: the loop runs every ready handler first
 
@@ -87,7 +90,7 @@ class Democrai:
     name = "democrai 0.0.1b4"
     capabilities = frozenset({"registered_tasks", "modules", "processes", "restart"})
     sandbox_names = NAMES
-    deviations: dict[str, str] = {}
+    deviations: ClassVar[dict[str, str]] = {}
 
     def __init__(self) -> None:
         self.dir = tempfile.TemporaryDirectory(prefix="taskbed-democrai-")
@@ -96,7 +99,8 @@ class Democrai:
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         ctx = app_ctx()
-        ctx.logger = logging.getLogger("democrai")
+        ctx.logger = logging.getLogger("democrai")  # quiet unless the caller configures logging
+        ctx.logger.addHandler(logging.NullHandler())
         ctx.config = {"auth.jwt_secret": secrets.token_hex(32)}
         ctx.db = SqlitePersistenceProvider(os.path.join(self.dir.name, "democrai.db"))
         for table in (BackgroundTaskRecord, PendingNotificationRecord):
@@ -203,7 +207,9 @@ def _surface(sdk: Any, builder: Any) -> Any:
     surface = sdk.ui.Builder()
     for i, c in enumerate(builder.build()):
         ui = sdk.ui
-        surface.add(ui.Text(f"c{i}", c["text"]) if c["type"] == "text" else ui.Button(f"c{i}", c["label"]))
+        surface.add(
+            ui.Text(f"c{i}", c["text"]) if c["type"] == "text" else ui.Button(f"c{i}", c["label"])
+        )
     return surface
 
 
