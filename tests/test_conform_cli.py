@@ -103,7 +103,8 @@ def test_json_report_of_the_whole_suite(capsys: pytest.CaptureFixture[str]) -> N
     assert {r["outcome"] for r in report["results"]} == {"pass"}
     first = report["results"][0]
     assert set(first) == {
-        "rule", "level", "title", "outcome", "reason", "wall_seconds", "virtual_seconds",
+        "rule", "level", "title", "outcome", "reason", "root", "wall_seconds",
+        "virtual_seconds",
     }  # fmt: skip
     assert report["virtual_seconds"] > 0
 
@@ -263,8 +264,8 @@ def test_a_factory_that_returns_no_adapter_is_a_clear_error(
     with pytest.raises(SystemExit) as refused:
         main(["conform", "--impl", spec, "--rules", "BG-1"])
     message = str(refused.value)
-    assert f"{spec}() returned" in message
-    assert "taskbed_harness.Implementation" in message  # what to implement
+    assert f"{spec}(): " in message
+    assert "subclass taskbed_harness.Adapter" in message  # what to implement
     assert "'start'" in message  # what is missing
     assert "'request'" in message
     assert "docs/guides/conformance.md" in message  # where to read about it
