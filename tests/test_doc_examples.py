@@ -23,8 +23,15 @@ from pathlib import Path
 
 import pytest
 
-from taskbed_harness import RECORD_MODES, HarnessOptions, strategies
-from taskbed_harness import CAPABILITIES, SANDBOX_VARIABLES, Adapter, as_adapter
+from taskbed_harness import (
+    CAPABILITIES,
+    RECORD_MODES,
+    SANDBOX_VARIABLES,
+    Adapter,
+    HarnessOptions,
+    as_adapter,
+    strategies,
+)
 from taskbed_harness._cli import main
 from taskbed_harness._spec import load_rules
 
