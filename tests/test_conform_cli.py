@@ -24,8 +24,8 @@ SPECS = Path(__file__).parents[1] / "specs"
 
 # A MUST rule fails: DEDUP-3 (see test_teeth.BROKEN).
 MUST_BROKEN = "test_teeth:DedupIgnoresOrganization"
-# Only a SHOULD rule fails: BG-8.
-SHOULD_BROKEN = "test_teeth:InterruptedTaskSilent"
+# Only a SHOULD rule fails: PROG-7.
+SHOULD_BROKEN = "test_teeth:NanProgressIgnored"
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -98,12 +98,13 @@ def test_json_report_of_the_whole_suite(capsys: pytest.CaptureFixture[str]) -> N
     assert report["totals"]["SHOULD"] == {
         "pass": LEVELS["SHOULD"], "fail": 0, "skipped": 0, "deviation": 0,
     }  # fmt: skip
-    assert len(report["results"]) == len(RULES) == 62
+    assert len(report["results"]) == len(RULES) == 68
     assert [r["rule"] for r in report["results"]] == [rule.id for rule in RULES]
     assert {r["outcome"] for r in report["results"]} == {"pass"}
     first = report["results"][0]
     assert set(first) == {
-        "rule", "level", "title", "outcome", "reason", "wall_seconds", "virtual_seconds",
+        "rule", "level", "title", "outcome", "reason", "root", "wall_seconds",
+        "virtual_seconds",
     }  # fmt: skip
     assert report["virtual_seconds"] > 0
 
@@ -207,11 +208,11 @@ def test_a_failing_must_rule_exits_1(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_only_a_failing_should_rule_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "--impl", SHOULD_BROKEN, "--rules", "BG-*", "--format", "json")
+    code, out, _ = run(capsys, "--impl", SHOULD_BROKEN, "--rules", "PROG-*", "--format", "json")
     assert code == 0
     report = json.loads(out)
     failed = [(r["rule"], r["level"]) for r in report["results"] if r["outcome"] == "fail"]
-    assert failed == [("BG-8", "SHOULD")]
+    assert failed == [("PROG-7", "SHOULD")]
     assert report["totals"]["MUST"]["fail"] == 0
     assert report["totals"]["SHOULD"]["fail"] == 1
 
@@ -263,8 +264,8 @@ def test_a_factory_that_returns_no_adapter_is_a_clear_error(
     with pytest.raises(SystemExit) as refused:
         main(["conform", "--impl", spec, "--rules", "BG-1"])
     message = str(refused.value)
-    assert f"{spec}() returned" in message
-    assert "taskbed_harness.Implementation" in message  # what to implement
+    assert f"{spec}(): " in message
+    assert "subclass taskbed_harness.Adapter" in message  # what to implement
     assert "'start'" in message  # what is missing
     assert "'request'" in message
     assert "docs/guides/conformance.md" in message  # where to read about it

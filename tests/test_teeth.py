@@ -2,9 +2,9 @@
 
 DESIGN §5: "deliberately broken implementations (each breaking one rule) must be caught by
 exactly the rules they break." Each implementation here is the reference runtime with ONE
-component swapped for a subclass that gets ONE behaviour wrong, plugged in through the
-runtime's own seams (``Runtime.tasks_class``, ``Runtime.manager_class``, and a store, client
-channel or process runner built by a ``Runtime`` subclass; nothing is monkeypatched). The whole
+component swapped for a subclass that gets ONE behaviour wrong, plugged in through public
+seams (``Runtime.tasks_class``, ``manager_class``, ``channel_class``, ``process_runner_class``
+and the adapter's ``store_class``; nothing is monkeypatched). The whole
 suite runs against each, and the set of failing rules must equal the expected set in
 ``BROKEN`` exactly: a rule missing from it means the suite lost a tooth; an extra rule means a
 check is broader than its statement (or the breakage was not the one intended).
@@ -19,7 +19,12 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import fnmatch
 import json
+import math
+import os
+import shlex
+import signal
 import subprocess
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -29,6 +34,7 @@ import pytest
 from taskbed import (
     ACTIVE,
     ConnectionRegistry,
+    Lease,
     ManagerNotInitializedError,
     OSProcessRunner,
     Owner,
@@ -130,16 +136,34 @@ BROKEN = [
     # error = "task failed: <str(exc)>". REC-3 expects the queued error of a failed task to
     # be str(exc) as well.
     _broken("failed-error-not-str-exc", "FailedErrorNotStrExc", "BG-6", "REC-3"),
-    _broken("interrupted-task-silent", "InterruptedTaskSilent", "BG-8"),  # a SHOULD rule only
+    # An interrupted task tells nobody: neither after a cancel (BG-8, a SHOULD rule) nor when
+    # the runtime stops (MGR-3).
+    _broken("interrupted-task-silent", "InterruptedTaskSilent", "BG-8", "MGR-3"),
+    # -- the classes of miss of issue 10
+    _broken("dedup-within-one-runtime", "DedupWithinOneRuntime", "DEDUP-7"),
+    _broken("recovery-ignores-leases", "RecoveryIgnoresLeases", "REC-4"),
+    _broken("lease-never-refreshed", "LeaseNeverRefreshed", "REC-4"),
+    # stop() drops the manager and leaves its tasks running: nobody interrupts them (MGR-3)
+    # and stop() returns before they end (MGR-4).
+    _broken("stop-abandons-tasks", "StopAbandonsTasks", "MGR-3", "MGR-4"),
+    _broken("stop-does-not-wait", "StopDoesNotWait", "MGR-4"),  # a SHOULD rule only
+    # Messages go out only while the runtime serves (its channel's handler is set): the error
+    # of a task that stop() interrupts is dropped.
+    _broken("silent-while-not-serving", "SilentWhileNotServing", "MGR-3"),
+    _broken("late-answer-kept-for-next-question", "LateAnswerKept", "CONF-6"),
+    # A clamp without a finiteness check: nan and inf reach the row (PROG-2), and nothing is
+    # refused (PROG-7).
+    _broken("nan-progress-stored", "NanProgressStored", "PROG-2", "PROG-7"),
+    _broken("nan-progress-ignored-quietly", "NanProgressIgnored", "PROG-7"),  # SHOULD only
+    _broken("key-prefix-as-glob", "KeyPrefixAsGlob", "QUERY-2"),
+    _broken("owner-compared-as-text", "OwnerComparedAsText", "OWN-4"),
+    _broken("timeout-sends-only-sigterm", "TimeoutOnlySigterm", "CMD-6"),
+    _broken("one-item-command-split", "OneItemCommandSplit", "CMD-4"),
 ]
 # fmt: on
 
 # Breakages that no rule catches through the adapter API (checked once, by hand; not in the
-# table since no run of the suite can fail for them). tests/test_manager.py covers the first
-# two with real second runtimes:
-# - recovery that ignores leases and takes over the tasks of a runtime that is still alive
-#   (REC-2's two-live-runtimes case: the adapter cannot start a second runtime);
-# - a heartbeat that never refreshes the lease (same reason);
+# table since no run of the suite can fail for them):
 # - no recovery at start, only in the later sweeps: after restart(crash=True) the crashed
 #   runtime's lease is still fresh and its process (ours) alive, so only the sweeps can act.
 
@@ -164,35 +188,14 @@ def failing(factory: Callable[[], Any]) -> frozenset[str]:
 # ---------------------------------------------------------------- how the parts are swapped
 
 
-class PartsRuntime(Runtime):
-    """The reference runtime, with its store, client channel or process runner replaced.
-
-    ``ReferenceImplementation`` hands the runtime a ``SQLiteStore`` over its file; a
-    ``store_class`` reopens that file as the broken store instead (restarts and recovery
-    keep working: each new runtime reopens it the same way).
-    """
-
-    store_class: type[SQLiteStore] | None = None
-    channel_class: type[ConnectionRegistry] | None = None
-    runner_class: type[OSProcessRunner] | None = None
-
-    def __init__(self, store: Any = None, **kwargs: Any) -> None:
-        if self.store_class is not None and isinstance(store, SQLiteStore):
-            path = store.path
-            store.close()
-            store = self.store_class(path)
-        if self.runner_class is not None:
-            kwargs.setdefault("process_runner", self.runner_class())
-        super().__init__(store, **kwargs)
-        if self.channel_class is not None:
-            self.channel = self.channel_class(self.store, self.clock)
-
-
 def runtime_with(**parts: type) -> type[Runtime]:
-    """A Runtime subclass with the given parts: ``tasks_class``, ``manager_class``,
-    ``store_class``, ``channel_class``, ``runner_class``."""
+    """A Runtime subclass with the given parts, through its public seams: ``tasks_class``,
+    ``manager_class``, ``channel_class``, ``process_runner_class``. (A broken store is the
+    adapter's ``store_class``.)"""
+    unknown = set(parts) - {"tasks_class", "manager_class", "channel_class", "process_runner_class"}
+    assert not unknown, unknown
     name = "".join(part.__name__.strip("_") for part in parts.values()) + "Runtime"
-    return type(name, (PartsRuntime,), dict(parts))
+    return type(name, (Runtime,), dict(parts))
 
 
 # ---------------------------------------------------------------- DEDUP
@@ -215,7 +218,7 @@ class _CrossOrganizationDedupStore(SQLiteStore):
 
 class DedupIgnoresOrganization(ReferenceImplementation):
     name = "broken: dedup ignores the organization"
-    runtime_class = runtime_with(store_class=_CrossOrganizationDedupStore)
+    store_class = _CrossOrganizationDedupStore
 
 
 class _TerminalHoldsKeyStore(SQLiteStore):
@@ -231,7 +234,7 @@ class _TerminalHoldsKeyStore(SQLiteStore):
 
 class DedupBlocksOnTerminal(ReferenceImplementation):
     name = "broken: terminal tasks block their key"
-    runtime_class = runtime_with(store_class=_TerminalHoldsKeyStore)
+    store_class = _TerminalHoldsKeyStore
 
 
 class _RunsDuplicatesManager(TaskManager):
@@ -385,7 +388,7 @@ class _ShellRunner(OSProcessRunner):
 
 class CommandThroughShell(ReferenceImplementation):
     name = "broken: commands run through a shell"
-    runtime_class = runtime_with(runner_class=_ShellRunner)
+    runtime_class = runtime_with(process_runner_class=_ShellRunner)
 
 
 class _CallerEnvLastTasks(Tasks):
@@ -440,7 +443,7 @@ class _ChildOnlyRunner(OSProcessRunner):
 
 class TimeoutKillsOnlyTheChild(ReferenceImplementation):
     name = "broken: a timeout kills the program but not its children"
-    runtime_class = runtime_with(runner_class=_ChildOnlyRunner)
+    runtime_class = runtime_with(process_runner_class=_ChildOnlyRunner)
 
 
 # ---------------------------------------------------------------- PROG
@@ -504,7 +507,7 @@ class _OldestFirstStore(SQLiteStore):
 
 class QueriesNotSorted(ReferenceImplementation):
     name = "broken: queries return the oldest first"
-    runtime_class = runtime_with(store_class=_OldestFirstStore)
+    store_class = _OldestFirstStore
 
 
 class _UpdatedFirstStore(SQLiteStore):
@@ -526,7 +529,7 @@ class _UpdatedFirstStore(SQLiteStore):
 
 class QueriesSortedByUpdateTime(ReferenceImplementation):
     name = "broken: queries sort by update time"
-    runtime_class = runtime_with(store_class=_UpdatedFirstStore)
+    store_class = _UpdatedFirstStore
 
 
 class _SessionOrganizationTasks(Tasks):
@@ -567,7 +570,7 @@ class _LikePrefixStore(SQLiteStore):
 
 class KeyPrefixAsLikePattern(ReferenceImplementation):
     name = "broken: the key prefix is a LIKE pattern"
-    runtime_class = runtime_with(store_class=_LikePrefixStore)
+    store_class = _LikePrefixStore
 
 
 # ---------------------------------------------------------------- MGR
@@ -638,6 +641,261 @@ class InterruptedTaskSilent(ReferenceImplementation):
     runtime_class = runtime_with(manager_class=_SilentInterruptManager)
 
 
+# ---------------------------------------------------------------- issue 10's classes of miss
+
+
+class _InstanceDedupStore(SQLiteStore):
+    """Dedup in this store object's memory: the file has no unique index over active keys,
+    so another runtime on the same file (with its own store object) never sees the key."""
+
+    schema = SQLiteStore.schema.replace("CREATE UNIQUE INDEX", "CREATE INDEX")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.held: dict[tuple[str, str], str] = {}
+
+    def insert_or_get_active(self, record: TaskRecord) -> tuple[TaskRecord, bool]:
+        if record.task_key is None:
+            return super().insert_or_get_active(record)
+        slot = (json.dumps(record.organization_id), record.task_key)
+        holder = self.get(self.held[slot]) if slot in self.held else None
+        if holder is not None and holder.status in ACTIVE:
+            return holder, False
+        stored, created = super().insert_or_get_active(record)
+        self.held[slot] = stored.id
+        return stored, created
+
+
+class DedupWithinOneRuntime(ReferenceImplementation):
+    name = "broken: dedup holds within one runtime only"
+    store_class = _InstanceDedupStore
+
+
+class _ExpiredLeasesStore(SQLiteStore):
+    """Reports every lease as expired: recovery takes over the tasks of live runtimes."""
+
+    def leases(self) -> list[Lease]:
+        return [lease._replace(expires_at=0.0) for lease in super().leases()]
+
+
+class RecoveryIgnoresLeases(ReferenceImplementation):
+    name = "broken: recovery ignores leases"
+    store_class = _ExpiredLeasesStore
+
+
+class _FirstLeaseOnlyStore(SQLiteStore):
+    """Writes a runtime's first lease and ignores every refresh: the heartbeat is lost."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.seen: set[str] = set()
+
+    def heartbeat(self, lease: Lease) -> None:
+        if lease.runtime_id not in self.seen:
+            self.seen.add(lease.runtime_id)
+            super().heartbeat(lease)
+
+
+class LeaseNeverRefreshed(ReferenceImplementation):
+    name = "broken: the lease is never refreshed"
+    store_class = _FirstLeaseOnlyStore
+
+
+class _AbandoningRuntime(Runtime):
+    """stop() forgets the task manager: its tasks run on, interrupted by nobody."""
+
+    async def stop(self) -> None:
+        self.manager = None
+        self.channel.handler = None
+        self.pool.shutdown()
+
+
+class StopAbandonsTasks(ReferenceImplementation):
+    name = "broken: stop() abandons running tasks"
+    runtime_class = _AbandoningRuntime
+
+
+class _FireAndForgetStopRuntime(Runtime):
+    """stop() starts stopping the task manager and returns without waiting for it."""
+
+    async def stop(self) -> None:
+        manager, self.manager = self.manager, None
+        self.channel.handler = None
+        if manager is not None:
+            stopping = asyncio.ensure_future(manager.stop())
+            stopping.add_done_callback(lambda done: done.exception())  # retrieved: no noise
+        self.pool.shutdown()
+
+
+class StopDoesNotWait(ReferenceImplementation):
+    name = "broken: stop() does not wait for the interrupted tasks"
+    runtime_class = _FireAndForgetStopRuntime
+
+
+class _ServingOnlyChannel(ConnectionRegistry):
+    """Publishes only while a task manager serves the channel (its handler is set)."""
+
+    def publish(self, owner: Owner, message: dict[str, Any], *, durable: bool) -> None:
+        if self.handler is not None:
+            super().publish(owner, message, durable=durable)
+
+
+class SilentWhileNotServing(ReferenceImplementation):
+    name = "broken: no message while the runtime does not serve"
+    runtime_class = runtime_with(channel_class=_ServingOnlyChannel)
+
+
+class _EarlyAnswerManager(TaskManager):
+    """Keeps an answer that arrives while no question waits, and gives it to the next one."""
+
+    async def handle_client_message(self, conn: Any, command: str, body: dict[str, Any]) -> None:
+        if command == "backgroundTaskResponse":
+            record = self.store.get(body["taskId"])
+            if record is not None and record.status == "running" and record.owner == conn.owner:
+                self.__dict__.setdefault("early", {})[record.id] = body.get("response")
+                return
+        await super().handle_client_message(conn, command, body)
+
+    async def request_confirmation(self, task_id: str, components: list[dict[str, Any]]) -> Any:
+        early = self.__dict__.setdefault("early", {})
+        if task_id in early:
+            return early.pop(task_id)
+        return await super().request_confirmation(task_id, components)
+
+
+class LateAnswerKept(ReferenceImplementation):
+    name = "broken: a late answer is kept for the next question"
+    runtime_class = runtime_with(manager_class=_EarlyAnswerManager)
+
+
+class _NaiveClampTasks(Tasks):
+    """Clamps with min/max and no finiteness check: nan stays nan, inf becomes 1.0."""
+
+    async def update_progress(
+        self, task_id: str, progress: float, *args: Any, **kwargs: Any
+    ) -> None:
+        if isinstance(progress, float) and not math.isfinite(progress):
+            manager = self.runtime.manager
+            if manager is not None:
+                manager.update_progress(task_id, min(max(progress, 0.0), 1.0), None, None)
+            return
+        await super().update_progress(task_id, progress, *args, **kwargs)
+
+    async def emit_progress(self, task_id: str, progress: float | None = None, *args: Any,
+                            **kwargs: Any) -> None:  # fmt: skip
+        if isinstance(progress, float) and not math.isfinite(progress):
+            progress = min(max(progress, 0.0), 1.0)
+        await super().emit_progress(task_id, progress, *args, **kwargs)
+
+
+class NanProgressStored(ReferenceImplementation):
+    name = "broken: non-finite progress is stored"
+    runtime_class = runtime_with(tasks_class=_NaiveClampTasks)
+
+
+class _QuietNonFiniteTasks(Tasks):
+    """Drops non-finite progress without a word (the row is safe; the caller never learns)."""
+
+    async def update_progress(
+        self, task_id: str, progress: float, *args: Any, **kwargs: Any
+    ) -> None:
+        if isinstance(progress, float) and not math.isfinite(progress):
+            return
+        await super().update_progress(task_id, progress, *args, **kwargs)
+
+    async def emit_progress(self, task_id: str, progress: float | None = None, *args: Any,
+                            **kwargs: Any) -> None:  # fmt: skip
+        if isinstance(progress, float) and not math.isfinite(progress):
+            return
+        await super().emit_progress(task_id, progress, *args, **kwargs)
+
+
+class NanProgressIgnored(ReferenceImplementation):
+    name = "broken: non-finite progress is ignored quietly"
+    runtime_class = runtime_with(tasks_class=_QuietNonFiniteTasks)
+
+
+class _GlobPrefixStore(SQLiteStore):
+    """Matches the prefix as a glob (``fnmatch(key, prefix + "*")``): ``*?[`` are patterns."""
+
+    def find_by_key_prefix(self, prefix: str, organization_id: object) -> list[TaskRecord]:
+        every = super().find_by_key_prefix("", organization_id)
+        if prefix == "":
+            return every
+        return [r for r in every if fnmatch.fnmatchcase(r.task_key or "", prefix + "*")]
+
+
+class KeyPrefixAsGlob(ReferenceImplementation):
+    name = "broken: the key prefix is a glob"
+    store_class = _GlobPrefixStore
+
+
+class _TextOwnerManager(TaskManager):
+    """Compares the sender with the task's owner as text: user "7" passes for user 7."""
+
+    async def handle_client_message(self, conn: Any, command: str, body: dict[str, Any]) -> None:
+        record = self.store.get(body["taskId"])
+        if record is not None:
+            mine, theirs = record.owner, conn.owner
+            if (str(mine.user_id), str(mine.organization_id)) == (
+                str(theirs.user_id), str(theirs.organization_id)
+            ):  # fmt: skip
+                conn = _AsOwner(conn, record.owner)
+        await super().handle_client_message(conn, command, body)
+
+
+class OwnerComparedAsText(ReferenceImplementation):
+    name = "broken: the owner is compared as text"
+    runtime_class = runtime_with(manager_class=_TextOwnerManager)
+
+
+class _SigtermRunner(OSProcessRunner):
+    """On timeout, asks the process group to stop with SIGTERM, and waits for it."""
+
+    async def run(
+        self, argv: list[str], *, cwd: str | None, env: dict[str, str], timeout: float | None,
+        capture_output: bool,
+    ) -> ProcessResult:  # fmt: skip
+        def call() -> ProcessResult:
+            pipe = subprocess.PIPE if capture_output else None
+            with subprocess.Popen(
+                argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe,
+                start_new_session=True,
+            ) as proc:  # fmt: skip
+                try:
+                    out, err = proc.communicate(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGTERM)  # polite, and nothing after it
+                    out, err = proc.communicate()
+                    raise subprocess.TimeoutExpired(argv, timeout or 0.0, out, err) from None
+                except BaseException:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    raise
+                return ProcessResult(proc.returncode, out, err)
+
+        return await asyncio.to_thread(call)
+
+
+class TimeoutOnlySigterm(ReferenceImplementation):
+    name = "broken: a timeout only sends SIGTERM"
+    runtime_class = runtime_with(process_runner_class=_SigtermRunner)
+
+
+class _SplittingRunner(OSProcessRunner):
+    """Splits a one-item command into words, as a shell would."""
+
+    async def run(self, argv: list[str], **kwargs: Any) -> ProcessResult:
+        if len(argv) == 1 and " " in argv[0]:
+            argv = shlex.split(argv[0])
+        return await super().run(argv, **kwargs)
+
+
+class OneItemCommandSplit(ReferenceImplementation):
+    name = "broken: a one-item command is split into words"
+    runtime_class = runtime_with(process_runner_class=_SplittingRunner)
+
+
 # ---------------------------------------------------------------- the tests
 
 
@@ -646,7 +904,8 @@ def test_the_table_names_real_rules_and_one_implementation_each() -> None:
     for broken in BROKEN:
         assert broken.fails, broken.id
         assert broken.fails <= RULE_IDS, broken.fails - RULE_IDS
-        assert broken.factory.runtime_class is not Runtime, broken.impl
+        factory = broken.factory
+        assert (factory.runtime_class, factory.store_class) != (Runtime, SQLiteStore), broken.impl
     families = {rule.split("-")[0] for broken in BROKEN for rule in broken.fails}
     assert families == {rule.family for rule in RULES}, "a rule family without a broken impl"
 

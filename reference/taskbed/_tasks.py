@@ -112,6 +112,11 @@ class Tasks:
     # ------------------------------------------------------------ helpers
 
     @property
+    def runtime(self) -> Runtime:
+        """The runtime this facade belongs to (its ``manager``, ``store``, ``channel``)."""
+        return self._runtime
+
+    @property
     def _manager(self) -> TaskManager | None:
         return self._runtime.manager
 
