@@ -3,7 +3,8 @@
 ``taskbed conform --impl taskbed_democrai:make`` judges the platform's own objects: its module
 SDK, task manager, connection registry, offline notification queue, protocol handlers behind a
 bus, SQLite persistence and recovery. Nothing is copied from the platform; this file only wires
-it up. The verdict and what each failure comes from: docs/platform.md.
+it up (protocol v2: ``taskbed_harness.Adapter``). The verdict, and where in the platform each
+failure comes from: docs/platform.md.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ from democrai.core.infrastructure.network.runtime.network import Network
 from democrai.core.runtime.foundation.app import RequestContext, app_ctx, reset_req_ctx, set_req_ctx
 from democrai.core.runtime.foundation.registry import task_registry
 from democrai.sdk.client import SDK
+from democrai.sdk.ui import Builder, ui
 
-from taskbed_harness import SANDBOX_VARIABLES
+from taskbed_harness import Adapter, Button
 
-NAMES = dict(zip(SANDBOX_VARIABLES, ("DEMOCRAI_NETWORK_SUBJECT", "DEMOCRAI_NETWORK_SUBJECT_KIND",
-             "DEMOCRAI_ACCESS", "DEMOCRAI_USER_ID", "DEMOCRAI_ORGANIZATION_ID",
-             "DEMOCRAI_SESSION_KEY", "DEMOCRAI_REQUEST_ID"), strict=True))  # fmt: skip
+ACTIVE = ("pending", "running", "waiting_confirmation")
+MODES = {"r": ("read",), "rw": ("read", "create", "modify")}  # reference mode -> operations
 
 
 class Bus:
@@ -52,11 +53,10 @@ class Bus:
 
 
 class Connection:
-    """One user's client: messages in through the bus, commands out with a fresh JWT each."""
+    """One client: messages in through the bus, commands out with the connection's JWT."""
 
-    def __init__(self, bus: Bus, user_id: Any, organization_id: Any) -> None:
-        self.bus, self.user, self.org = bus, user_id, organization_id
-        self.id, self.closed = secrets.token_hex(8), False
+    def __init__(self, bus: Bus, user_id: Any, organization_id: Any, jwt: str) -> None:
+        self.bus, self.jwt, self.id, self.closed = bus, jwt, secrets.token_hex(8), False
         self.messages, self.inbox = bus.inboxes.setdefault(self.id, ([], asyncio.Queue()))
         # What the platform's protocol build_context does for an authenticated client:
         app_ctx().connection_registry.register(user_id, bus, self.id, organization_id)
@@ -66,9 +66,7 @@ class Connection:
         return await self.inbox.get()
 
     async def send(self, message: dict[str, Any]) -> None:
-        jwt = create_access_token({"user_id": self.user, "organization_id": self.org})
-        self.bus.on_message(self.id, {**message, "jwt": jwt})
-        await asyncio.sleep(0.001)  # virtual time: the loop runs every ready handler first
+        self.bus.on_message(self.id, {**message, "jwt": self.jwt})  # handled on the loop, later
 
     def close(self) -> None:
         if not self.closed:
@@ -76,22 +74,30 @@ class Connection:
             self.bus.on_disconnect(self.id)
 
 
-class Democrai:
+class Democrai(Adapter):
     name = "democrai 0.0.1b4"
     capabilities = frozenset({"registered_tasks", "modules", "processes", "restart"})
-    sandbox_names = NAMES
-    deviations: ClassVar[dict[str, str]] = {}
+    sandbox_names: ClassVar[dict[str, str | None]] = {
+        "MODULE_SDK_MODULE": "DEMOCRAI_NETWORK_SUBJECT",
+        "MODULE_SDK_SUBJECT_KIND": "DEMOCRAI_NETWORK_SUBJECT_KIND",
+        "MODULE_SDK_ACCESS": "DEMOCRAI_ACCESS",
+        "MODULE_SDK_USER_ID": "DEMOCRAI_USER_ID",
+        "MODULE_SDK_ORGANIZATION_ID": "DEMOCRAI_ORGANIZATION_ID",
+        "MODULE_SDK_SESSION_KEY": "DEMOCRAI_SESSION_KEY",
+        "MODULE_SDK_REQUEST_ID": None,  # the platform exports no request id
+    }
 
-    def __init__(self) -> None:
-        self.dir: tempfile.TemporaryDirectory[str] | None = None
-        self.modules: dict[str, list[dict[str, Any]]] = {"mod": [], "other": []}
-
-    async def start(self) -> None:  # the platform is process-global: reset all it holds
-        self.dir = self.dir or tempfile.TemporaryDirectory(prefix="taskbed-democrai-")
+    async def setup(self, rule: str) -> None:  # the platform is process-global: reset it
+        self.dir = tempfile.TemporaryDirectory(prefix="taskbed-democrai-")
+        self.modules: dict[str, Any] = {"mod": []}
+        self.frozen: list[tuple[Any, list[str]]] = []
         ctx = app_ctx()
         ctx.logger = logging.getLogger("democrai")  # quiet unless the caller configures logging
         ctx.logger.addHandler(logging.NullHandler())
         ctx.config = {"auth.jwt_secret": secrets.token_hex(32)}
+
+    async def start(self) -> None:
+        ctx = app_ctx()
         ctx.db = SqlitePersistenceProvider(os.path.join(self.dir.name, "democrai.db"))
         for table in (Row, PendingNotificationRecord):
             table.__table__.create(ctx.db.engine, checkfirst=True)
@@ -99,30 +105,45 @@ class Democrai:
         self.bus = Bus()
         self.network = Network([self.bus], streams=None)  # sets ctx.task_manager and registry
         self.network._loop = asyncio.get_running_loop()  # its start() would make a thread loop
-        self.network.task_manager.recover_from_db()  # as Network.start does
+        self.network.task_manager.recover_from_db()  # what Network.start does
 
     async def stop(self) -> None:
-        await self._cancel(self._active())
-        app_ctx().task_manager = None
-        if self.dir is not None:
-            self.dir.cleanup()
+        """What the platform's shutdown does (``Network.stop``): its loop stops; running tasks
+        are not interrupted, and the next start's recovery finds them active."""
+        ctx = app_ctx()
+        if ctx.task_manager is not None:
+            with contextlib.closing(ctx.db.get_session()) as db:
+                active = [r.id for r in db.query(Row.id).filter(Row.status.in_(ACTIVE))]
+            self.frozen.append((ctx.task_manager, active))
+            ctx.task_manager = ctx.connection_registry = None
+            ctx.db = SqlitePersistenceProvider(":memory:")  # a gone process writes nothing more
+
+    async def teardown(self, rule: str) -> None:
+        await self._discard()
+        self.dir.cleanup()
+
+    async def _discard(self) -> None:
+        """Cancel the tasks of stopped runtimes: a stopped loop would never resume them."""
+        for manager, task_ids in self.frozen:
+            for task_id in task_ids:
+                await manager.cancel(task_id)
+        self.frozen.clear()
+        await asyncio.sleep(0.001)
 
     async def restart(self, *, crash: bool = False) -> None:
-        active = self._active()
-        if crash:  # a killed process writes nothing more: its last writes go to a scratch db
-            app_ctx().db = SqlitePersistenceProvider(":memory:")
-        await self._cancel(active)
+        await self.stop()  # the platform has one way to stop, the same clean or not
+        await self._discard()  # (else they would talk to the new runtime's clients)
         await self.start()
 
-    def _active(self) -> list[str]:
-        with contextlib.closing(app_ctx().db.get_session()) as db:
-            active = Row.status.in_(("pending", "running", "waiting_confirmation"))
-            return [row.id for row in db.query(Row.id).filter(active)]
+    async def settle(self) -> None:
+        await asyncio.sleep(0.001)  # virtual time moves on only once every handler has run
 
-    async def _cancel(self, task_ids: list[str]) -> None:
-        for task_id in task_ids:
-            await self.network.task_manager.cancel(task_id)
-        await asyncio.sleep(0.001)
+    def authenticate(self, user_id: Any, organization_id: Any) -> str:
+        return str(create_access_token({"user_id": user_id, "organization_id": organization_id}))
+
+    def connect(self, user_id: Any, organization_id: Any = None, credentials: Any = None) -> Any:
+        jwt = credentials or self.authenticate(user_id, organization_id)
+        return Connection(self.bus, user_id, organization_id, jwt)
 
     @contextlib.asynccontextmanager
     async def request(self, *, session: dict[str, Any], module: str, request_id: str | None):
@@ -138,52 +159,57 @@ class Democrai:
             reset_req_ctx(token)
 
     def sdk(self, *, session: dict[str, Any], module: str) -> Any:
-        assert self.dir is not None, "start() first"
-        sdk = SDK(os.path.join(self.dir.name, "modules", module), module, session=session)
-        confirm, ui = sdk.tasks.request_confirmation, sdk.ui
+        return SDK(os.path.join(self.dir.name, "modules", module), module, session=session)
 
-        async def request_confirmation(task_id: str, builder: Any) -> Any:  # taskbed ui -> its ui
-            surface = ui.Builder()
-            for i, c in enumerate(builder.build()):
-                text = c["type"] == "text"
-                surface.add(ui.Text(f"c{i}", c["text"]) if text else ui.Button(f"c{i}", c["label"]))
-            return await confirm(task_id, surface)
+    def surface(self, surface: Any) -> Builder:
+        builder = Builder()
+        for i, c in enumerate(surface.components):
+            builder.add(
+                ui.Button(f"c{i}", c.label) if isinstance(c, Button) else ui.Text(f"c{i}", c.text)
+            )
+        return builder
 
-        sdk.tasks.request_confirmation = request_confirmation
-        return sdk
+    def components(self, surface: Any) -> list[dict[str, Any]]:
+        return [c.to_dict() for c in self.surface(surface)._components]
 
-    def connect(self, user_id: Any, organization_id: Any = None) -> Connection:
-        return Connection(self.bus, user_id, organization_id)
+    def access(self, rules: list[dict[str, Any]]) -> list[dict[str, str]]:
+        """Reference rules -> the platform's manifest grants (``"rw"``: read, create, modify)."""
+        grants = []
+        for r in rules:
+            kind, target = ("filesystem", r["path"]) if "path" in r else ("network", r["network"])
+            ops = ("connect",) if kind == "network" else MODES[r.get("mode", "r")]
+            grants += [{"resource_type": kind, "operation": op, "target": target} for op in ops]
+        return grants
 
-    async def wait(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
-        async with asyncio.timeout(timeout):
-            while True:
-                task = app_ctx().task_manager and app_ctx().task_manager.get_task(task_id)
-                if task is not None and task.status in ("completed", "failed", "interrupted"):
-                    return dict(task.to_dict())
-                await asyncio.sleep(0.01)
+    def sandbox_value(self, name: str, value: str) -> str:
+        """``DEMOCRAI_ACCESS`` (the platform's rule objects) -> reference rules, one a target."""
+        if name != "MODULE_SDK_ACCESS":
+            return value
+        ops: dict[tuple[str, str], set[str]] = {}
+        for rule in json.loads(value):
+            r = rule["resource"]
+            ops.setdefault((r["resource_type"], r["target"]), set()).add(r["operation"])
+        mode = {frozenset(v): k for k, v in MODES.items()}
+        return json.dumps([{"network": t} if kind == "network" else
+                           {"path": t, **({} if op == {"read"} else {"mode": mode[frozenset(op)]})}
+                           for (kind, t), op in ops.items()])  # fmt: skip
 
     def register_task(self, name: str, func: Any) -> None:
         task_registry.register(name, func)
 
-    def register_module(self, name: str, access: list[dict[str, Any]]) -> None:
+    def register_module(self, name: str, access: Any) -> None:
         """A manifest per module, discovered anew: the platform reads a manifest only once."""
-        assert self.dir is not None, "start() first"
         self.modules[name] = access
         app_ctx().modules = ModuleManager()
-        for module, rules in self.modules.items():
+        for module, grants in self.modules.items():
             folder = os.path.join(self.dir.name, "modules", module)
             os.makedirs(folder, exist_ok=True)
-            grants = [{"resource_type": "filesystem", "operation": "read", "target": r["path"]}
-                      if "path" in r else {"resource_type": "network", "operation": "connect",
-                                           "target": r["network"]} for r in rules]  # fmt: skip
+            manifest = {"name": module, "label": module, "allowed_imports": [], "access": grants}
             with open(os.path.join(folder, "manifest.json"), "w", encoding="utf-8") as f:
-                json.dump(
-                    {"name": module, "label": module, "allowed_imports": [], "access": grants}, f
-                )
+                json.dump(manifest, f)
         app_ctx().modules.discover_modules(os.path.dirname(folder), is_builtin=False, load_ui=False)
 
 
 def make() -> Democrai:
-    """The ``--impl`` factory: a fresh adapter (``start()`` does the work)."""
+    """The ``--impl`` factory: a fresh adapter (``setup()`` and ``start()`` do the work)."""
     return Democrai()
