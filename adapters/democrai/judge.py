@@ -37,6 +37,13 @@ PLATFORM = "democrai==0.0.1b4"
 # What changes from run to run in a reason: task ids and timestamps.
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _STAMP = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d+)?(\+00:00| UTC)?")
+# Where the run found a file: the venv's and the clone's paths differ from machine to machine.
+_PATH = re.compile(r"(?<![\w.])/\S*/(site-packages|harness|reference|python3\.\d+)/")
+
+
+def scrub(text: str) -> str:
+    """*text* without what changes from run to run: ids, times, absolute paths."""
+    return _PATH.sub("", _STAMP.sub("<time>", _UUID.sub("<id>", text)))
 
 
 def broken(message: str) -> None:
@@ -86,7 +93,8 @@ def normalize(report: dict) -> dict:
                 "rule": r["rule"],
                 "level": r["level"],
                 "outcome": r["outcome"],
-                "reason": _STAMP.sub("<time>", _UUID.sub("<id>", r["reason"])),
+                "reason": scrub(r["reason"]),
+                "root": scrub(r.get("root", "")),
             }
             for r in report["results"]
         ],

@@ -1,10 +1,7 @@
-"""The released Democrai platform (``democrai`` 0.0.1b4) as a taskbed conformance adapter.
+"""The released platform, ``democrai`` 0.0.1b4, as a taskbed adapter (protocol v2).
 
-``taskbed conform --impl taskbed_democrai:make`` judges the platform's own objects: its module
-SDK, task manager, connection registry, offline notification queue, protocol handlers behind a
-bus, SQLite persistence and recovery. Nothing is copied from the platform; this file only wires
-it up (protocol v2: ``taskbed_harness.Adapter``). The verdict, and where in the platform each
-failure comes from: docs/platform.md.
+It drives the platform's own SDK, task manager, connection registry, offline queue, protocol
+handlers, SQLite persistence and recovery, and copies nothing. The verdict: docs/platform.md.
 """
 
 from __future__ import annotations
@@ -25,42 +22,51 @@ from democrai.core.application.tasks.notification_queue import NotificationQueue
 from democrai.core.infrastructure.database.providers.sqlite import SqlitePersistenceProvider
 from democrai.core.infrastructure.modules.manager import ModuleManager
 from democrai.core.infrastructure.network.runtime.network import Network
-from democrai.core.runtime.foundation.app import RequestContext, app_ctx, reset_req_ctx, set_req_ctx
+from democrai.core.runtime.foundation.app import app_ctx, request_context_scope
 from democrai.core.runtime.foundation.registry import task_registry
 from democrai.sdk.client import SDK
 from democrai.sdk.ui import Builder, ui
 
-from taskbed_harness import Adapter, Button
+from taskbed_harness import SANDBOX_VARIABLES, Adapter, Button
 
-ACTIVE = ("pending", "running", "waiting_confirmation")
 MODES = {"r": ("read",), "rw": ("read", "create", "modify")}  # reference mode -> operations
+NAMES = (
+    "NETWORK_SUBJECT",
+    "NETWORK_SUBJECT_KIND",
+    "ACCESS",
+    "USER_ID",
+    "ORGANIZATION_ID",
+    "SESSION_KEY",
+    None,
+)  # fmt: skip  (the platform exports no request id)
 
 
 class Bus:
-    """The platform's ``BusProvider`` (a WebSocket bus in production): one inbox per client."""
+    """The platform's ``BusProvider`` (a WebSocket bus in production): an inbox per client."""
 
     on_message: Any = None  # the Network sets both callbacks
     on_disconnect: Any = None
     start = stop = broadcast = lambda *_: None
 
     def __init__(self) -> None:
-        self.inboxes: dict[str, tuple[list[Any], asyncio.Queue[Any]]] = {}
+        self.clients: dict[str, Connection] = {}
 
     def send(self, client_id: str, message: dict[str, Any]) -> None:
-        if client_id in self.inboxes:
-            self.inboxes[client_id][0].append(message)
-            self.inboxes[client_id][1].put_nowait(message)
+        self.clients[client_id].messages.append(message)
+        self.clients[client_id].inbox.put_nowait(message)
 
 
 class Connection:
     """One client: messages in through the bus, commands out with the connection's JWT."""
 
-    def __init__(self, bus: Bus, user_id: Any, organization_id: Any, jwt: str) -> None:
+    def __init__(self, bus: Bus, user: Any, org: Any, jwt: str) -> None:
         self.bus, self.jwt, self.id, self.closed = bus, jwt, secrets.token_hex(8), False
-        self.messages, self.inbox = bus.inboxes.setdefault(self.id, ([], asyncio.Queue()))
+        self.messages: list[Any] = []
+        self.inbox: asyncio.Queue[Any] = asyncio.Queue()
+        bus.clients[self.id] = self
         # What the platform's protocol build_context does for an authenticated client:
-        app_ctx().connection_registry.register(user_id, bus, self.id, organization_id)
-        NotificationQueue().flush(user_id, lambda m: bus.send(self.id, m), organization_id)
+        app_ctx().connection_registry.register(user, bus, self.id, org)
+        NotificationQueue().flush(user, lambda m: bus.send(self.id, m), org)
 
     async def receive(self) -> dict[str, Any]:
         return await self.inbox.get()
@@ -77,20 +83,14 @@ class Connection:
 class Democrai(Adapter):
     name = "democrai 0.0.1b4"
     capabilities = frozenset({"registered_tasks", "modules", "processes", "restart"})
-    sandbox_names: ClassVar[dict[str, str | None]] = {
-        "MODULE_SDK_MODULE": "DEMOCRAI_NETWORK_SUBJECT",
-        "MODULE_SDK_SUBJECT_KIND": "DEMOCRAI_NETWORK_SUBJECT_KIND",
-        "MODULE_SDK_ACCESS": "DEMOCRAI_ACCESS",
-        "MODULE_SDK_USER_ID": "DEMOCRAI_USER_ID",
-        "MODULE_SDK_ORGANIZATION_ID": "DEMOCRAI_ORGANIZATION_ID",
-        "MODULE_SDK_SESSION_KEY": "DEMOCRAI_SESSION_KEY",
-        "MODULE_SDK_REQUEST_ID": None,  # the platform exports no request id
+    sandbox_names: ClassVar = {
+        n: d and f"DEMOCRAI_{d}" for n, d in zip(SANDBOX_VARIABLES, NAMES, strict=True)
     }
 
     async def setup(self, rule: str) -> None:  # the platform is process-global: reset it
         self.dir = tempfile.TemporaryDirectory(prefix="taskbed-democrai-")
         self.modules: dict[str, Any] = {"mod": []}
-        self.frozen: list[tuple[Any, list[str]]] = []
+        self.stopped: list[tuple[Any, list[str]]] = []
         ctx = app_ctx()
         ctx.logger = logging.getLogger("democrai")  # quiet unless the caller configures logging
         ctx.logger.addHandler(logging.NullHandler())
@@ -108,31 +108,32 @@ class Democrai(Adapter):
         self.network.task_manager.recover_from_db()  # what Network.start does
 
     async def stop(self) -> None:
-        """What the platform's shutdown does (``Network.stop``): its loop stops; running tasks
-        are not interrupted, and the next start's recovery finds them active."""
+        """As the platform's shutdown (``Network.stop``): the loop stops, no task is touched."""
         ctx = app_ctx()
         if ctx.task_manager is not None:
             with contextlib.closing(ctx.db.get_session()) as db:
-                active = [r.id for r in db.query(Row.id).filter(Row.status.in_(ACTIVE))]
-            self.frozen.append((ctx.task_manager, active))
+                active = Row.status.in_(("pending", "running", "waiting_confirmation"))
+                self.stopped.append(
+                    (ctx.task_manager, [r.id for r in db.query(Row.id).filter(active)])
+                )
             ctx.task_manager = ctx.connection_registry = None
             ctx.db = SqlitePersistenceProvider(":memory:")  # a gone process writes nothing more
 
-    async def teardown(self, rule: str) -> None:
-        await self._discard()
-        self.dir.cleanup()
-
-    async def _discard(self) -> None:
-        """Cancel the tasks of stopped runtimes: a stopped loop would never resume them."""
-        for manager, task_ids in self.frozen:
+    async def discard(self) -> None:
+        """Cancel the tasks of stopped runtimes, which a stopped loop would never resume."""
+        for manager, task_ids in self.stopped:
             for task_id in task_ids:
                 await manager.cancel(task_id)
-        self.frozen.clear()
+        self.stopped.clear()
         await asyncio.sleep(0.001)
 
+    async def teardown(self, rule: str) -> None:
+        await self.discard()
+        self.dir.cleanup()
+
     async def restart(self, *, crash: bool = False) -> None:
-        await self.stop()  # the platform has one way to stop, the same clean or not
-        await self._discard()  # (else they would talk to the new runtime's clients)
+        await self.stop()  # the platform stops one way only, so clean and crash are the same
+        await self.discard()  # (else its tasks would go on talking to the new runtime's clients)
         await self.start()
 
     async def settle(self) -> None:
@@ -148,15 +149,11 @@ class Democrai(Adapter):
     @contextlib.asynccontextmanager
     async def request(self, *, session: dict[str, Any], module: str, request_id: str | None):
         user = session.get("user") or {}
-        token = set_req_ctx(RequestContext(
-            request_id=request_id, user=user.get("id"), role=None, channel="bus",
-            organization_id=user.get("organization_id"), access_level=None, app=app_ctx(),
-            session_key=session.get("session_key"), module_name=module,
-        ))  # fmt: skip
-        try:
+        scope = {"request_id": request_id, "user": user.get("id"), "channel": "bus",
+                 "organization_id": user.get("organization_id"), "module_name": module,
+                 "session_key": session.get("session_key")}  # fmt: skip
+        with request_context_scope(scope):  # as the platform's request cycle sets it
             yield self.sdk(session=session, module=module)
-        finally:
-            reset_req_ctx(token)
 
     def sdk(self, *, session: dict[str, Any], module: str) -> Any:
         return SDK(os.path.join(self.dir.name, "modules", module), module, session=session)
@@ -170,7 +167,7 @@ class Democrai(Adapter):
         return builder
 
     def components(self, surface: Any) -> list[dict[str, Any]]:
-        return [c.to_dict() for c in self.surface(surface)._components]
+        return [component.to_dict() for component in self.surface(surface).get_roots()]
 
     def access(self, rules: list[dict[str, Any]]) -> list[dict[str, str]]:
         """Reference rules -> the platform's manifest grants (``"rw"``: read, create, modify)."""
@@ -186,13 +183,12 @@ class Democrai(Adapter):
         if name != "MODULE_SDK_ACCESS":
             return value
         ops: dict[tuple[str, str], set[str]] = {}
-        for rule in json.loads(value):
-            r = rule["resource"]
+        for r in (rule["resource"] for rule in json.loads(value)):
             ops.setdefault((r["resource_type"], r["target"]), set()).add(r["operation"])
-        mode = {frozenset(v): k for k, v in MODES.items()}
-        return json.dumps([{"network": t} if kind == "network" else
-                           {"path": t, **({} if op == {"read"} else {"mode": mode[frozenset(op)]})}
-                           for (kind, t), op in ops.items()])  # fmt: skip
+        mode = {frozenset(v): k for k, v in MODES.items() if k != "r"}
+        return json.dumps([{"network": t} if kind == "network" else {"path": t} | (
+            {"mode": mode[frozenset(o)]} if frozenset(o) in mode else {})
+            for (kind, t), o in ops.items()])  # fmt: skip
 
     def register_task(self, name: str, func: Any) -> None:
         task_registry.register(name, func)
@@ -202,8 +198,7 @@ class Democrai(Adapter):
         self.modules[name] = access
         app_ctx().modules = ModuleManager()
         for module, grants in self.modules.items():
-            folder = os.path.join(self.dir.name, "modules", module)
-            os.makedirs(folder, exist_ok=True)
+            os.makedirs(folder := os.path.join(self.dir.name, "modules", module), exist_ok=True)
             manifest = {"name": module, "label": module, "allowed_imports": [], "access": grants}
             with open(os.path.join(folder, "manifest.json"), "w", encoding="utf-8") as f:
                 json.dump(manifest, f)
