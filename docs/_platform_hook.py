@@ -86,6 +86,12 @@ def table(verdict: dict[str, Any], found: dict[str, list[str]], specs: str) -> s
         reason = r["reason"].replace("\n", " ")
         reason = _escape(reason if len(reason) <= 180 else reason[:179] + "…")
         lines.append(f"| {link} | {r['level']} | {r['outcome']} | {cause} | {reason} |")
+    peers = verdict.get("two_runtimes")
+    if peers:  # the peer rules, asked of two real processes (adapters/democrai/two_runtimes.py)
+        asked = ", ".join(f"{rule} **{o}**" for rule, o in peers.items() if rule != "evidence")
+        seen = "; ".join(f"{what}: `{value}`" for what, value in peers["evidence"].items())
+        lines += ["", f"Skipped above, asked of two platform processes instead ([S1](#s1)): "
+                  f"{asked} ({seen})."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -82,3 +82,11 @@ def test_the_page_states_the_adapter_size_it_has() -> None:
     assert stated is not None, "docs/platform.md states the adapter's size"
     lines = len(ADAPTER.read_text(encoding="utf-8").splitlines())
     assert int(stated[1]) == lines, f"the adapter has {lines} lines; update docs/platform.md"
+
+
+def test_the_skipped_peer_rules_are_asked_of_two_processes(verdict: dict[str, Any]) -> None:
+    skipped = {r["rule"] for r in verdict["results"] if r["outcome"] == "skipped"}
+    needs_peer = {r.id for r in load_rules(ROOT / "specs") if "peer" in r.requires}
+    asked = set(verdict["two_runtimes"]) - {"evidence"}
+    assert skipped == needs_peer == asked
+    assert {verdict["two_runtimes"][rule] for rule in asked} <= {"pass", "fail"}

@@ -116,14 +116,25 @@ def judge(vpython: Path) -> dict:
         done = subprocess.run([*command, "-o", str(out)], cwd=tmp, check=False)
         if done.returncode not in (0, 1) or not out.exists():  # 1: MUST rules fail, the verdict
             broken(f"the conformance run broke (exit status {done.returncode})")
-        return normalize(json.loads(out.read_text(encoding="utf-8")))
+        run = normalize(json.loads(out.read_text(encoding="utf-8")))
+    peers = subprocess.run(  # the peer rules, asked of two real processes (see the script)
+        [str(vpython), str(HERE / "two_runtimes.py")], capture_output=True, text=True, check=False
+    )
+    if peers.returncode:
+        broken(f"two_runtimes.py broke (exit status {peers.returncode}):\n{peers.stderr}")
+    run["two_runtimes"] = json.loads(peers.stdout.splitlines()[-1])
+    return run
 
 
 def changes(published: dict, run: dict) -> list[str]:
     """Every rule whose outcome differs between the published verdict and this run."""
     before = {r["rule"]: r["outcome"] for r in published["results"]}
     now = {r["rule"]: r for r in run["results"]}
-    lines = []
+    lines = [
+        f"  {rule} with two processes: published {old}, now {run['two_runtimes'].get(rule)}"
+        for rule, old in published.get("two_runtimes", {}).items()
+        if rule != "evidence" and run["two_runtimes"].get(rule) != old
+    ]
     for rule in sorted(before.keys() | now.keys()):
         old, new = before.get(rule, "absent"), now[rule]["outcome"] if rule in now else "absent"
         if old != new:
