@@ -90,3 +90,46 @@ def test_the_skipped_peer_rules_are_asked_of_two_processes(verdict: dict[str, An
     asked = set(verdict["two_runtimes"]) - {"evidence"}
     assert skipped == needs_peer == asked
     assert {verdict["two_runtimes"][rule] for rule in asked} <= {"pass", "fail"}
+
+
+def _judge() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("judge", ROOT / "adapters/democrai/judge.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+judge = _judge()
+
+
+def test_the_judge_reports_every_changed_outcome(verdict: dict[str, Any]) -> None:
+    assert judge.changes(verdict, verdict) == []
+    run = json.loads(json.dumps(verdict))
+    run["results"][0]["outcome"] = "pass" if run["results"][0]["outcome"] != "pass" else "fail"
+    del run["results"][1]
+    run["two_runtimes"]["REC-4"] = "pass" if verdict["two_runtimes"]["REC-4"] == "fail" else "fail"
+    found = judge.changes(verdict, run)
+    assert len(found) == 3, found
+    assert any(verdict["results"][1]["rule"] in line and "now absent" in line for line in found)
+
+
+def test_the_judge_scrubs_what_changes_between_runs() -> None:
+    reason = (
+        "File /home/ci/.venv-democrai/lib/python3.12/site-packages/democrai/x.py:3: task "
+        "1b4e28ba-2fa1-41d2-883f-0016d3cca427 at 2026-01-01T00:00:00.011000+00:00"
+    )
+    assert judge.scrub(reason) == "File democrai/x.py:3: task <id> at <time>"
+
+
+def test_no_python312_is_an_error_not_a_skip(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TASKBED_PYTHON312", str(tmp_path / "no-python"))
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SystemExit) as exited:
+        judge.find_python312()
+    assert exited.value.code == 2
+    assert "no Python 3.12 found" in capsys.readouterr().err

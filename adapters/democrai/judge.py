@@ -59,7 +59,10 @@ def find_python312() -> str:
     candidates += sorted(glob.glob(os.path.join(pyenv_root, "versions", "3.12*", "bin", "python")))
     for candidate in filter(None, candidates):
         probe = [candidate, "-c", "import sys; print(sys.version_info[:2] == (3, 12))"]
-        result = subprocess.run(probe, capture_output=True, text=True, check=False)
+        try:
+            result = subprocess.run(probe, capture_output=True, text=True, check=False)
+        except OSError:  # not there, not executable: try the next one
+            continue
         if result.stdout.strip() == "True":
             return candidate
     broken(
