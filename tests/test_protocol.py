@@ -238,3 +238,14 @@ def test_failures_with_one_root_cause_are_grouped() -> None:
     table = to_table(results, "broken task_id")
     assert "3 rules failed at the same place (test_protocol.py:" in table
     assert "rules: BG-1, DEDUP-1, QUERY-1" in table
+
+
+def test_failures_that_only_surface_in_the_same_helper_are_not_grouped() -> None:
+    from test_teeth import InterruptedTaskSilent  # fails BG-8 and MGR-3 in ClientView.expect
+
+    results = run_suite([BY_ID["BG-8"], BY_ID["MGR-3"]], InterruptedTaskSilent)
+    assert [r.outcome for r in results] == [Outcome.FAIL, Outcome.FAIL]
+    assert [r.root.rsplit("/", 1)[-1].split(":")[0] for r in results] == [
+        "submission.md", "manager.md",
+    ]  # fmt: skip
+    assert root_causes(results) == []

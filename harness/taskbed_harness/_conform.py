@@ -33,7 +33,9 @@ import contextlib
 import dataclasses
 import enum
 import inspect
+import os
 import re
+import sysconfig
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
@@ -154,8 +156,22 @@ def root_cause(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     if not frames:
         return type(exc).__name__
-    last = frames[-1]
+    # The suite's own assertion helpers (ClientView.expect) and the standard library (an
+    # asyncio timeout) are where many unrelated failures surface, not where they arise.
+    own = [f for f in frames if _may_be_root(f.filename)]
+    last = (own or frames)[-1]
     return f"{last.filename}:{last.lineno}: {type(exc).__name__}"
+
+
+_HELPERS = tuple(os.path.join(os.path.dirname(__file__), n) for n in ("_client.py", "_conform.py"))
+_STDLIB = sysconfig.get_paths()["stdlib"] + os.sep
+_PACKAGES = tuple({sysconfig.get_paths()[k] + os.sep for k in ("purelib", "platlib")})
+
+
+def _may_be_root(filename: str) -> bool:
+    if filename in _HELPERS:
+        return False
+    return not filename.startswith(_STDLIB) or filename.startswith(_PACKAGES)
 
 
 # ---------------------------------------------------------------- the adapter as the checks see it
