@@ -27,6 +27,7 @@ from taskbed_harness import (
 from taskbed_harness._conform import Outcome, run_rule_sync, run_suite
 from taskbed_harness._report import root_causes, to_table
 from taskbed_harness._spec import load_rules
+from test_teeth import InterruptedTaskSilent
 
 RULES = load_rules()
 BY_ID = {rule.id: rule for rule in RULES}
@@ -238,3 +239,13 @@ def test_failures_with_one_root_cause_are_grouped() -> None:
     table = to_table(results, "broken task_id")
     assert "3 rules failed at the same place (test_protocol.py:" in table
     assert "rules: BG-1, DEDUP-1, QUERY-1" in table
+
+
+def test_failures_that_only_surface_in_the_same_helper_are_not_grouped() -> None:
+    # fails BG-8 (hangs in ClientView.expect) and MGR-3 (fails in it)
+    results = run_suite([BY_ID["BG-8"], BY_ID["MGR-3"]], InterruptedTaskSilent)
+    assert [r.outcome for r in results] == [Outcome.FAIL, Outcome.FAIL]
+    assert [r.root.rsplit("/", 1)[-1].split(":")[0] for r in results] == [
+        "submission.md", "manager.md",
+    ]  # fmt: skip
+    assert root_causes(results) == []

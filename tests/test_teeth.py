@@ -249,6 +249,8 @@ def runtime_with(**parts: type) -> type[Runtime]:
     """A Runtime subclass with the given parts, through its public seams: ``tasks_class``,
     ``manager_class``, ``channel_class``, ``process_runner_class``. (A broken store is the
     adapter's ``store_class``.)"""
+    if "runner_class" in parts:  # the name of this seam before Runtime had it
+        parts["process_runner_class"] = parts.pop("runner_class")
     unknown = set(parts) - {"tasks_class", "manager_class", "channel_class", "process_runner_class"}
     assert not unknown, unknown
     name = "".join(part.__name__.strip("_") for part in parts.values()) + "Runtime"

@@ -33,7 +33,9 @@ import contextlib
 import dataclasses
 import enum
 import inspect
+import os
 import re
+import sysconfig
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
@@ -146,7 +148,7 @@ def _reason(exc: BaseException, rule: Rule) -> str:
 
 
 def root_cause(exc: BaseException) -> str:
-    """Where *exc* arose, as ``file:line: ExceptionType``: the deepest frame of its traceback.
+    """Where *exc* arose, as ``file:line: ExceptionType``: its deepest frame of interest.
 
     Failures with the same root cause come from one deviation, however many rules they fail
     (a helper, an adapter method, a missing field); reports group them.
@@ -154,8 +156,32 @@ def root_cause(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     if not frames:
         return type(exc).__name__
-    last = frames[-1]
-    return f"{last.filename}:{last.lineno}: {type(exc).__name__}"
+    # The suite's own assertion helpers (ClientView.expect) and the standard library (an
+    # asyncio timeout) are where many unrelated failures surface, not where they arise. A
+    # rule that hung has only those: it waited at the line of the page its cancellation shows
+    # (not deeper, in whatever it awaited: every hang would share that place).
+    cause: BaseException | None = exc
+    for _ in range(3):
+        if cause is None:
+            break
+        own = [f for f in traceback.extract_tb(cause.__traceback__) if _may_be_root(f.filename)]
+        if cause is not exc:
+            own = [f for f in own if f.filename.endswith(".md")] or own
+        if own:
+            return f"{own[-1].filename}:{own[-1].lineno}: {type(exc).__name__}"
+        cause = cause.__cause__ or cause.__context__
+    return f"{frames[-1].filename}:{frames[-1].lineno}: {type(exc).__name__}"
+
+
+_HELPERS = tuple(os.path.join(os.path.dirname(__file__), n) for n in ("_client.py", "_conform.py"))
+_STDLIB = sysconfig.get_paths()["stdlib"] + os.sep
+_PACKAGES = tuple({sysconfig.get_paths()[k] + os.sep for k in ("purelib", "platlib")})
+
+
+def _may_be_root(filename: str) -> bool:
+    if filename in _HELPERS:
+        return False
+    return not filename.startswith(_STDLIB) or filename.startswith(_PACKAGES)
 
 
 # ---------------------------------------------------------------- the adapter as the checks see it
@@ -371,6 +397,7 @@ async def run_rule(rule: Rule, factory: Callable[[], Any]) -> Result:
                     f"did not finish within {RULE_TIMEOUT:.0f} s of virtual time"
                 )
                 failure.__traceback__ = exc.__traceback__
+                failure.__cause__ = exc  # where it waited (root_cause reads it)
         except Exception as exc:  # noqa: BLE001 - every failure is a verdict
             failure = exc
         finally:
