@@ -120,8 +120,9 @@ class Tasks:
     # ------------------------------------------------------------ helpers
 
     @property
-    def runtime(self) -> Runtime:
-        """The runtime this facade belongs to (its ``manager``, ``store``, ``channel``)."""
+    def runtime(self) -> Host:
+        """The runtime this facade belongs to (its ``manager``, ``store``, ...): a seam for
+        adapters and one-bug variants."""
         return self._runtime
 
     @property
