@@ -311,7 +311,17 @@ def test_fake_on_postgres_passes_the_dedup_rules(
 
 
 #: An adapter that is not the reference's: it brings its own store.
-Foreign = type("Foreign", (), dict.fromkeys(PROTOCOL_MEMBERS, lambda *a, **k: None))
+Foreign = type(
+    "Foreign",
+    (),
+    {
+        **dict.fromkeys(PROTOCOL_MEMBERS, lambda *a, **k: None),
+        "name": "foreign",
+        "capabilities": frozenset(),
+        "sandbox_names": {},
+        "deviations": {},
+    },
+)
 
 
 def test_postgres_refuses_a_foreign_implementation(

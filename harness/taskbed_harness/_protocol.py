@@ -304,6 +304,11 @@ class LegacyAdapter(Adapter):
     def __init__(self, legacy: Any) -> None:
         self.legacy = legacy
         self.name = legacy.name
+        if not isinstance(legacy.capabilities, (set, frozenset)):
+            raise ProtocolError(
+                f"{legacy!r}: capabilities must be a frozenset such as "
+                f"frozenset({{'processes'}}), got {legacy.capabilities!r} (see {GUIDE})"
+            )
         self.capabilities = frozenset(legacy.capabilities)
         self.deviations = dict(legacy.deviations)
         self.sandbox_names = dict(legacy.sandbox_names)
