@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 # that has taskbed[harness]; importing it runs this file. Names resolve lazily (PEP 562) so that
 # costs nothing until a test uses the harness; type checkers see the plain imports below.
 if TYPE_CHECKING:
+    from ._actions import action as action
+    from ._actions import resolve_action as resolve_action
     from ._adapters import FakeImplementation as FakeImplementation
     from ._adapters import Implementation as Implementation
     from ._adapters import ReferenceImplementation as ReferenceImplementation
@@ -33,6 +35,8 @@ if TYPE_CHECKING:
     from ._conform import RuntimeView as RuntimeView
     from ._conform import run_rule as run_rule
     from ._conform import run_suite as run_suite
+    from ._emitted import Emission as Emission
+    from ._emitted import Emitted as Emitted
     from ._fake import FakeTaskManager as FakeTaskManager
     from ._fake import HarnessRuntime as HarnessRuntime
     from ._fake import InjectedFailure as InjectedFailure
@@ -58,6 +62,10 @@ if TYPE_CHECKING:
     from ._protocol import as_adapter as as_adapter
     from ._spec import Rule as Rule
     from ._spec import load_rules as load_rules
+    from ._standin import StandinFinder as StandinFinder
+    from ._standin import install_democrai_standin as install_democrai_standin
+    from ._standin import platform_installed as platform_installed
+    from ._standin import uninstall_democrai_standin as uninstall_democrai_standin
 
 _WHERE: dict[str, tuple[str, str]] = {
     "CAPABILITIES": ("._protocol", "CAPABILITIES"),
@@ -72,6 +80,8 @@ _WHERE: dict[str, tuple[str, str]] = {
     "as_adapter": ("._protocol", "as_adapter"),
     "ReferencePeer": ("._adapters", "ReferencePeer"),
     "RuntimeView": ("._conform", "RuntimeView"),
+    "action": ("._actions", "action"),
+    "resolve_action": ("._actions", "resolve_action"),
     "FakeImplementation": ("._adapters", "FakeImplementation"),
     "Implementation": ("._adapters", "Implementation"),
     "ReferenceImplementation": ("._adapters", "ReferenceImplementation"),
@@ -88,6 +98,8 @@ _WHERE: dict[str, tuple[str, str]] = {
     "Result": ("._conform", "Result"),
     "run_rule": ("._conform", "run_rule"),
     "run_suite": ("._conform", "run_suite"),
+    "Emission": ("._emitted", "Emission"),
+    "Emitted": ("._emitted", "Emitted"),
     "FakeTaskManager": ("._fake", "FakeTaskManager"),
     "HarnessRuntime": ("._fake", "HarnessRuntime"),
     "InjectedFailure": ("._fake", "InjectedFailure"),
@@ -103,6 +115,10 @@ _WHERE: dict[str, tuple[str, str]] = {
     "UnmatchedCommandError": ("._processes", "UnmatchedCommandError"),
     "Rule": ("._spec", "Rule"),
     "load_rules": ("._spec", "load_rules"),
+    "StandinFinder": ("._standin", "StandinFinder"),
+    "install_democrai_standin": ("._standin", "install_democrai_standin"),
+    "platform_installed": ("._standin", "platform_installed"),
+    "uninstall_democrai_standin": ("._standin", "uninstall_democrai_standin"),
 }
 
 __all__ = (
@@ -117,6 +133,8 @@ __all__ = (
     "CassetteError",
     "ClientView",
     "DeadlockError",
+    "Emission",
+    "Emitted",
     "FakeImplementation",
     "FakeTaskManager",
     "FreezegunConflictError",
@@ -136,19 +154,25 @@ __all__ = (
     "Result",
     "Rule",
     "RuntimeView",
+    "StandinFinder",
     "Submission",
     "Surface",
     "Text",
     "UnmatchedCommandError",
     "VirtualClock",
     "VirtualEventLoop",
+    "action",
     "as_adapter",
     "fake_implementation",
+    "install_democrai_standin",
     "load_rules",
     "new_virtual_loop",
+    "platform_installed",
     "reference_implementation",
+    "resolve_action",
     "run_rule",
     "run_suite",
+    "uninstall_democrai_standin",
 )
 
 

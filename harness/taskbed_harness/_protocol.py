@@ -112,12 +112,23 @@ class Surface:
 def reference_builder(surface: Surface) -> ui.Builder:
     """The default of ``Adapter.surface``: the reference's ``taskbed.ui.Builder``."""
     builder = ui.Builder()
-    for component in surface.components:
-        if isinstance(component, Text):
-            builder.add(ui.Text(component.text))
-        else:
-            builder.add(ui.Button(component.label, value=component.value))
+    for n, component in enumerate(surface.components):
+        builder.add(_reference_component(n, component))
     return builder
+
+
+def _reference_component(n: int, component: Text | Button) -> Any:
+    # taskbed.ui has spoken two vocabularies: plain dicts (ui.Text(text)), and the platform's
+    # component classes, which carry an id (ui.Text(id, text)); build in whichever it speaks.
+    text: Any = ui.Text
+    button: Any = ui.Button
+    if isinstance(getattr(ui, "Component", None), type):
+        if isinstance(component, Text):
+            return text(f"text-{n}", component.text)
+        return button(f"button-{n}", component.label)
+    if isinstance(component, Text):
+        return text(component.text)
+    return button(component.label, value=component.value)
 
 
 # ---------------------------------------------------------------- the protocol
@@ -293,6 +304,11 @@ class LegacyAdapter(Adapter):
     def __init__(self, legacy: Any) -> None:
         self.legacy = legacy
         self.name = legacy.name
+        if not isinstance(legacy.capabilities, (set, frozenset)):
+            raise ProtocolError(
+                f"{legacy!r}: capabilities must be a frozenset such as "
+                f"frozenset({{'processes'}}), got {legacy.capabilities!r} (see {GUIDE})"
+            )
         self.capabilities = frozenset(legacy.capabilities)
         self.deviations = dict(legacy.deviations)
         self.sandbox_names = dict(legacy.sandbox_names)
