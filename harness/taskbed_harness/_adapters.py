@@ -14,12 +14,13 @@ import asyncio
 import contextlib
 import logging
 import os
+import sqlite3
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
 
-from taskbed import Runtime, SQLiteStore
+from taskbed import Clock, Runtime, SQLiteStore, WallClock
 
 from ._client import ClientConnection
 from ._fake import HarnessRuntime
@@ -31,6 +32,15 @@ CAPABILITIES: Mapping[str, str] = {
     "modules": "register_module declares a module's sandbox access rules",
     "processes": "run_subprocess starts real OS processes (POSIX: sh, echo, sleep, env)",
     "restart": "restart(crash=...) replaces the runtime by a new one over the same store",
+    "leases": (
+        "peer(clock_skew=0) starts a second live runtime on the same store; pause() and "
+        "resume() stop and restart the runtime as SIGSTOP/SIGCONT would; lease() and "
+        "lease_lost() tell its claim on the store (specs/leases.md)"
+    ),
+    "store_faults": (
+        "break_store() makes every store write fail (an I/O error), heal_store() ends it; "
+        "lock_store() holds the store's write lock from outside (specs/leases.md)"
+    ),
 }
 
 #: The reference's sandbox variable names; an adapter maps them to its implementation's names.
@@ -141,6 +151,9 @@ class ReferenceImplementation:
         self._modules: dict[str, list[dict[str, Any]]] = {}
         self._abandoned: list[Runtime] = []
         self._runtime: Runtime | None = None
+        self._peers: list[ReferenceImplementation] = []
+        self._clock_skew = 0.0
+        self._shares_dir = False  # a peer: the first runtime owns the directory
 
     @property
     def runtime(self) -> Runtime:
@@ -154,8 +167,13 @@ class ReferenceImplementation:
         clock = None
         with contextlib.suppress(RuntimeError):  # on a virtual loop, timestamps are virtual
             clock = getattr(asyncio.get_running_loop(), "clock", None)
-        store = self.store_class(os.path.join(self._dir.name, "tasks.db"))
-        runtime = self.runtime_class(store=store, clock=clock)
+        # The store's clock decides lease expiry (LEASE-5); on a virtual loop it is virtual.
+        store = self.store_class(os.path.join(self._dir.name, "tasks.db"), clock=clock)
+        runtime_clock: Clock | None = clock
+        if self._clock_skew:
+            base: Clock = clock if clock is not None else WallClock()
+            runtime_clock = _SkewedClock(base, self._clock_skew)
+        runtime = self.runtime_class(store=store, clock=runtime_clock)
         for name, func in self._registered.items():
             runtime.register_task(name, func)
         for name, access in self._modules.items():
@@ -167,15 +185,18 @@ class ReferenceImplementation:
         await self._runtime.start()
 
     async def stop(self) -> None:
+        for peer in self._peers:
+            await peer.stop()
+        self._peers.clear()
         if self._runtime is not None:
             await self._runtime.stop()
             self._runtime.store.close()
         for old in self._abandoned:
             await _discard(old)
         self._abandoned.clear()
-        if self._dir is not None:
+        if self._dir is not None and not self._shares_dir:
             self._dir.cleanup()
-            self._dir = None
+        self._dir = None
 
     def request(
         self, *, session: dict[str, Any], module: str, request_id: str | None
@@ -212,6 +233,102 @@ class ReferenceImplementation:
         self._runtime = self._new_runtime()
         await self._runtime.start()
 
+    # ------------------------------------------------------------ leases (specs/leases.md)
+
+    async def peer(self, *, clock_skew: float = 0.0) -> ReferenceImplementation:
+        """A second live runtime on the same store (``leases``), stopped with this one.
+
+        *clock_skew*: seconds the peer runtime's clock runs ahead of this one's (its
+        timestamps and its own idea of "now"; the store's clock is shared, as it is for
+        processes on one database).
+        """
+        other = type(self)()
+        other._dir = self._dir
+        other._registered = self._registered
+        other._modules = self._modules
+        other._clock_skew = clock_skew
+        other._shares_dir = True
+        await other.start()
+        self._peers.append(other)
+        return other
+
+    async def pause(self) -> None:
+        """Stop the runtime's heartbeat, as SIGSTOP stops its process (``leases``).
+
+        Its tasks stay where they are; the suite's checks park them on events, so nothing
+        of theirs runs until ``resume()``.
+        """
+        manager = self.runtime.manager
+        if manager is not None and manager._heartbeat is not None:
+            manager._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await manager._heartbeat
+            manager._heartbeat = None
+
+    async def resume(self) -> None:
+        """Resume after ``pause()``: the overdue heartbeat runs at once (SIGCONT)."""
+        manager = self.runtime.manager
+        if manager is not None and manager._heartbeat is None and not manager.lost:
+            loop = asyncio.get_running_loop()
+            manager._heartbeat = loop.create_task(manager._keep_lease(first=0.0))
+            await asyncio.sleep(0)
+
+    def lease(self) -> dict[str, Any] | None:
+        """This runtime's claim: ``{"runtime": id, "token": n}``, or None (``leases``)."""
+        manager = self.runtime.manager
+        if manager is None or manager.lease is None or manager.lost:
+            return None
+        return {"runtime": manager.lease.runtime_id, "token": manager.lease.token}
+
+    def lease_lost(self) -> bool:
+        """True once the runtime found that it lost its lease (``leases``)."""
+        return self.runtime.lease_lost
+
+    def leases(self) -> list[dict[str, Any]]:
+        """Every claim the store holds: ``[{"runtime": id, "token": n}]`` (``leases``)."""
+        return [
+            {"runtime": lease.runtime_id, "token": lease.token}
+            for lease in self.runtime.store.leases()
+        ]
+
+    # ------------------------------------------------------------ store faults
+
+    def break_store(self) -> None:
+        """From now on every store write fails with a disk I/O error (``store_faults``)."""
+        self._store().inject_fault(sqlite3.OperationalError("disk I/O error"))
+
+    def heal_store(self) -> None:
+        """The fault clears (``store_faults``)."""
+        self._store().inject_fault(None)
+
+    @contextlib.asynccontextmanager
+    async def lock_store(self) -> AsyncIterator[None]:
+        """Hold the store's write lock from outside for the block (``store_faults``)."""
+        other = sqlite3.connect(self._store().path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            yield
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+
+    def _store(self) -> SQLiteStore:
+        store = self.runtime.store
+        if not isinstance(store, SQLiteStore):  # pragma: no cover - a wiring error
+            raise TypeError("store_faults needs the reference SQLiteStore")
+        return store
+
+
+class _SkewedClock:
+    """A runtime clock *skew* seconds ahead of *base*."""
+
+    def __init__(self, base: Clock, skew: float) -> None:
+        self._base = base
+        self._skew = skew
+
+    def now(self) -> float:
+        return self._base.now() + self._skew
+
 
 class FakeImplementation(ReferenceImplementation):
     """The harness's fake task manager as a conformance adapter: it must pass the same rules."""
@@ -242,6 +359,12 @@ async def _discard(runtime: Runtime) -> None:
                     local.task.cancel()
                     with contextlib.suppress(BaseException):
                         await local.task
+            # Its writes failed against the closed store: nothing is left to retry.
+            for task in (manager._retrier, *manager._background):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
         runtime.pool.shutdown()
     finally:
         logger.disabled = previous

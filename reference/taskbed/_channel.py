@@ -134,6 +134,13 @@ class ConnectionRegistry:
             conn.deliver(message)
         return conn
 
+    def deliver_kept(self, owner: Owner) -> None:
+        conns = self._by_owner.get(self._slot(owner))
+        if conns:
+            for message in self.store.drain(owner):
+                for conn in list(conns):
+                    conn.deliver(message)
+
     def disconnect(self, conn: Connection) -> None:
         slot = self._slot(conn.owner)
         conns = self._by_owner.get(slot, [])
