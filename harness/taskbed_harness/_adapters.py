@@ -144,6 +144,9 @@ class ReferenceImplementation:
     runtime_class: type[Runtime] = Runtime
     #: The store each runtime opens on the instance's file (a seam for broken stores in tests).
     store_class: type[SQLiteStore] = SQLiteStore
+    #: How long (real seconds) a failing store write is retried before its caller hears of it;
+    #: short, so that the write-path rules (store_faults) run fast.
+    retry_for: float = 0.2
 
     def __init__(self) -> None:
         self._dir: tempfile.TemporaryDirectory[str] | None = None
@@ -168,7 +171,9 @@ class ReferenceImplementation:
         with contextlib.suppress(RuntimeError):  # on a virtual loop, timestamps are virtual
             clock = getattr(asyncio.get_running_loop(), "clock", None)
         # The store's clock decides lease expiry (LEASE-5); on a virtual loop it is virtual.
-        store = self.store_class(os.path.join(self._dir.name, "tasks.db"), clock=clock)
+        store = self.store_class(
+            os.path.join(self._dir.name, "tasks.db"), clock=clock, retry_for=self.retry_for
+        )
         runtime_clock: Clock | None = clock
         if self._clock_skew:
             base: Clock = clock if clock is not None else WallClock()
