@@ -146,7 +146,7 @@ class ReferenceImplementation:
     store_class: type[SQLiteStore] = SQLiteStore
     #: How long (real seconds) a failing store write is retried before its caller hears of it;
     #: short, so that the write-path rules (store_faults) run fast.
-    retry_for: float = 0.2
+    retry_for: float = 0.05
 
     def __init__(self) -> None:
         self._dir: tempfile.TemporaryDirectory[str] | None = None
