@@ -540,3 +540,32 @@ async def test_a_lock_held_by_another_process_never_blocks_the_loop(tmp_path: Pa
         with contextlib.closing(sqlite3.connect(path)) as db:
             statuses = {r[0] for r in db.execute("SELECT status FROM tasks")}
         assert statuses == {"completed"}
+
+
+@pytest.mark.rule("LEASE-8")
+@pytest.mark.asyncio
+async def test_a_submission_cancelled_while_its_insert_waits_leaves_no_active_row(
+    tmp_path: Path,
+) -> None:
+    # The insert goes on in the writer thread after its caller gave up: the row it makes
+    # must not be left pending with nobody to run it (it is ended right after, in order).
+    path = tmp_path / "t.db"
+    async with started(path) as rt:
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            job = asyncio.sleep(0)
+            submitting = asyncio.ensure_future(
+                sdk_of(rt).tasks.run_background(job, "Given up", task_key="k")
+            )
+            await asyncio.sleep(0.2)  # the insert waits for the lock in the writer thread
+            submitting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await submitting
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        await asyncio.sleep(0.3)
+        assert {row.status for row in rt.store.find_by_key("k", 10)} <= {"interrupted"}
+        fresh = await sdk_of(rt).tasks.run_background(asyncio.sleep(0, "ok"), task_key="k")
+        assert (await rt.wait(fresh, timeout=5))["result"] == "ok"
