@@ -27,8 +27,8 @@ from typing import Any, TypeVar
 import pytest
 
 from taskbed import (
-    ACTIVE,
     ConnectionRegistry,
+    Lease,
     ManagerNotInitializedError,
     OSProcessRunner,
     Owner,
@@ -41,6 +41,7 @@ from taskbed import (
     TaskRecord,
     Tasks,
 )
+from taskbed._manager import Work
 from taskbed._model import check_json, clamp_progress, outcome_message, scope
 from taskbed._sqlite_store import _ACTIVE_SQL, _COLUMNS
 from taskbed_harness._adapters import ReferenceImplementation
@@ -178,9 +179,9 @@ class PartsRuntime(Runtime):
 
     def __init__(self, store: Any = None, **kwargs: Any) -> None:
         if self.store_class is not None and isinstance(store, SQLiteStore):
-            path = store.path
+            path, clock = store.path, store.clock
             store.close()
-            store = self.store_class(path)
+            store = self.store_class(path, clock=clock)
         if self.runner_class is not None:
             kwargs.setdefault("process_runner", self.runner_class())
         super().__init__(store, **kwargs)
@@ -201,7 +202,9 @@ def runtime_with(**parts: type) -> type[Runtime]:
 class _CrossOrganizationDedupStore(SQLiteStore):
     """Finds the active holder of a key in any organization, not just the submitter's."""
 
-    def insert_or_get_active(self, record: TaskRecord) -> tuple[TaskRecord, bool]:
+    async def insert_or_get_active(
+        self, record: TaskRecord, lease: Lease
+    ) -> tuple[TaskRecord, bool]:
         if record.task_key is not None:
             holders = self._query(
                 f"SELECT {_COLUMNS} FROM tasks WHERE task_key = ? AND status IN ({_ACTIVE_SQL}) "
@@ -210,7 +213,7 @@ class _CrossOrganizationDedupStore(SQLiteStore):
             )
             if holders:
                 return holders[0], False
-        return super().insert_or_get_active(record)
+        return await super().insert_or_get_active(record, lease)
 
 
 class DedupIgnoresOrganization(ReferenceImplementation):
@@ -221,12 +224,14 @@ class DedupIgnoresOrganization(ReferenceImplementation):
 class _TerminalHoldsKeyStore(SQLiteStore):
     """Any task with the key, whatever its status, holds it."""
 
-    def insert_or_get_active(self, record: TaskRecord) -> tuple[TaskRecord, bool]:
+    async def insert_or_get_active(
+        self, record: TaskRecord, lease: Lease
+    ) -> tuple[TaskRecord, bool]:
         if record.task_key is not None:
             holders = self.find_by_key(record.task_key, record.organization_id)
             if holders:
                 return holders[0], False
-        return super().insert_or_get_active(record)
+        return await super().insert_or_get_active(record, lease)
 
 
 class DedupBlocksOnTerminal(ReferenceImplementation):
@@ -237,21 +242,31 @@ class DedupBlocksOnTerminal(ReferenceImplementation):
 class _RunsDuplicatesManager(TaskManager):
     """Returns the holder's id for a duplicate, and runs the duplicate's work anyway."""
 
-    def submit(self, work: Any, *, owner: Owner, task_key: str | None, **kwargs: Any) -> str:
-        holders = [
-            row
-            for row in (self.store.find_by_key(task_key, owner.organization_id) if task_key else [])
-            if row.status in ACTIVE
-        ]
-        if not holders:
-            return super().submit(work, owner=owner, task_key=task_key, **kwargs)
+    async def submit(self, work: Any, **kwargs: Any) -> str:
+        submitting = True
+        dropped: list[bool] = []
 
-        async def stray() -> None:
-            await work.start()
+        def discard() -> None:  # while submitting, a discard means "a duplicate": not yet
+            if submitting:
+                dropped.append(True)
+            else:
+                work.discard()
 
-        strays = self.__dict__.setdefault("strays", [])
-        strays.append((asyncio.ensure_future(stray()), work))
-        return holders[0].id
+        try:
+            task_id = await super().submit(Work(work.start, discard), **kwargs)
+        except BaseException:
+            work.discard()
+            raise
+        finally:
+            submitting = False
+        if dropped:  # the store found a holder (the only discard of a submission that worked)
+
+            async def stray() -> None:
+                await work.start()
+
+            strays = self.__dict__.setdefault("strays", [])
+            strays.append((asyncio.ensure_future(stray()), work))
+        return task_id
 
     async def stop(self) -> None:
         for stray, work in self.__dict__.get("strays", []):
@@ -345,8 +360,8 @@ class OfflineMessagesDropped(ReferenceImplementation):
 class _ForgetsRequestManager(TaskManager):
     """Drops the submitting request: every task runs in a synthetic context."""
 
-    def submit(self, work: Any, *, request: RequestContext | None, **kwargs: Any) -> str:
-        return super().submit(work, request=None, **kwargs)
+    async def submit(self, work: Any, *, request: RequestContext | None, **kwargs: Any) -> str:
+        return await super().submit(work, request=None, **kwargs)
 
 
 class ContextNotCarried(ReferenceImplementation):
@@ -461,7 +476,7 @@ class _UnclampedProgressTasks(Tasks):
             checkpoint = json.loads(json.dumps(checkpoint))
         manager = self._manager
         if manager is not None:
-            manager.update_progress(task_id, float(progress), checkpoint, label)
+            await manager.update_progress(task_id, float(progress), checkpoint, label)
 
 
 class ProgressNotClamped(ReferenceImplementation):
@@ -597,7 +612,7 @@ class NoManagerProgressRaises(ReferenceImplementation):
 class _NoRecoveryManager(TaskManager):
     """Never recovers the tasks of runtimes that are gone."""
 
-    def recover(self) -> list[TaskRecord]:
+    async def recover(self) -> list[TaskRecord]:
         return []
 
 
@@ -612,10 +627,10 @@ class RecoverySkipped(ReferenceImplementation):
 class _DecoratedErrorManager(TaskManager):
     """A failed task's error is "task failed: <str(exc)>" instead of str(exc)."""
 
-    def _finish(self, record: TaskRecord, event: TaskEvent, **fields: Any) -> None:
+    async def _finish(self, record: TaskRecord, event: TaskEvent, **fields: Any) -> None:
         if event is TaskEvent.FAIL:
             fields["error"] = f"task failed: {fields.get('error')}"
-        super()._finish(record, event, **fields)
+        await super()._finish(record, event, **fields)
 
 
 class FailedErrorNotStrExc(ReferenceImplementation):
@@ -626,11 +641,11 @@ class FailedErrorNotStrExc(ReferenceImplementation):
 class _SilentInterruptManager(TaskManager):
     """An interrupted task ends without telling its owner."""
 
-    def _finish(self, record: TaskRecord, event: TaskEvent, **fields: Any) -> None:
+    async def _finish(self, record: TaskRecord, event: TaskEvent, **fields: Any) -> None:
         if event is TaskEvent.INTERRUPT:
-            self._change(record, event, **fields)
+            await self._change(record, event, **fields)
             return
-        super()._finish(record, event, **fields)
+        await super()._finish(record, event, **fields)
 
 
 class InterruptedTaskSilent(ReferenceImplementation):

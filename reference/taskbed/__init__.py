@@ -10,11 +10,13 @@ from ._errors import InvalidProgressError as InvalidProgressError
 from ._errors import InvalidSubmissionError as InvalidSubmissionError
 from ._errors import InvalidTaskKeyError as InvalidTaskKeyError
 from ._errors import InvalidTokenError as InvalidTokenError
+from ._errors import LeaseLostError as LeaseLostError
 from ._errors import LifecycleError as LifecycleError
 from ._errors import ManagerNotInitializedError as ManagerNotInitializedError
 from ._errors import MissingUserError as MissingUserError
 from ._errors import NotSerializableError as NotSerializableError
 from ._errors import SandboxViolationError as SandboxViolationError
+from ._errors import StoreWriteError as StoreWriteError
 from ._errors import TaskbedError as TaskbedError
 from ._errors import UnknownTaskError as UnknownTaskError
 from ._errors import UnknownTaskNameError as UnknownTaskNameError
@@ -61,6 +63,7 @@ __all__ = (
     "InvalidTaskKeyError",
     "InvalidTokenError",
     "Lease",
+    "LeaseLostError",
     "LifecycleError",
     "ManagerNotInitializedError",
     "MemoryStore",
@@ -76,6 +79,7 @@ __all__ = (
     "Runtime",
     "SQLiteStore",
     "SandboxViolationError",
+    "StoreWriteError",
     "TaskEvent",
     "TaskManager",
     "TaskRecord",

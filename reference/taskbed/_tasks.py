@@ -167,7 +167,7 @@ class Tasks:
             _close(coro_or_name)
             raise
         ctx = self._context()
-        return manager.submit(
+        return await manager.submit(
             work,
             owner=owner,
             module=self._module,
@@ -396,7 +396,7 @@ class Tasks:
             raise TypeError(f"label must be a string, got {label!r}")
         manager = self._manager
         if manager is not None:
-            manager.update_progress(task_id, value, checkpoint, label)
+            await manager.update_progress(task_id, value, checkpoint, label)
 
     async def emit_progress(
         self,
