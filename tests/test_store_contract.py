@@ -21,8 +21,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import psycopg
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from taskbed import (
@@ -32,6 +33,7 @@ from taskbed import (
     LeaseLostError,
     MemoryStore,
     Owner,
+    PostgresStore,
     SQLiteStore,
     StoreWriteError,
     TaskRecord,
@@ -47,7 +49,7 @@ with warnings.catch_warnings():
     with contextlib.suppress(ImportError):
         import hypothesis.extra._patching  # noqa: F401
 
-STORES = ["memory", "sqlite-memory", "sqlite-file"]
+STORES = ["memory", "sqlite-memory", "sqlite-file", "postgres"]
 ACTIVE_STATUSES = sorted(s.value for s in ACTIVE)
 TERMINAL_STATUSES = sorted(s.value for s in TERMINAL)
 
@@ -62,7 +64,15 @@ class FakeClock:
         return self.t
 
 
-def open_store(kind: str, tmp_path: Path, clock: FakeClock | None = None) -> TaskStore:
+def open_store(
+    kind: str,
+    tmp_path: Path,
+    clock: FakeClock | None = None,
+    request: pytest.FixtureRequest | None = None,
+) -> TaskStore:
+    if kind == "postgres":
+        assert request is not None
+        return PostgresStore(request.getfixturevalue("postgres_dsn"), clock=clock)
     if kind == "memory":
         return MemoryStore(clock=clock)
     if kind == "sqlite-memory":
@@ -79,7 +89,7 @@ def clock() -> FakeClock:
 def store(
     request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
 ) -> Iterator[TaskStore]:
-    opened = open_store(request.param, tmp_path, clock)
+    opened = open_store(request.param, tmp_path, clock, request)
     yield opened
     opened.close()
 
@@ -164,8 +174,8 @@ def ids(rows: list[TaskRecord]) -> list[str]:
 
 @pytest.mark.asyncio
 async def test_shared_flag(store: TaskStore, request: pytest.FixtureRequest) -> None:
-    """Only a file store can be opened by other processes."""
-    assert store.shared is (request.node.callspec.params["store"] == "sqlite-file")
+    """Only a file store and a database server can be opened by other processes."""
+    assert store.shared is (request.node.callspec.params["store"] in {"sqlite-file", "postgres"})
     assert isinstance(store, TaskStore)
 
 
@@ -1110,3 +1120,31 @@ def test_sqlite_file_opened_by_many_connections_at_once(tmp_path: Path) -> None:
         for t in threads:
             t.join()
         assert errors == []
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(ops=st.lists(OPS, min_size=5, max_size=40))
+def test_memory_and_postgres_stores_agree(ops: list[tuple[Any, ...]], postgres_dsn: str) -> None:
+    """The same model equivalence against PostgreSQL (one schema, emptied per example)."""
+    clocks = [FakeClock(), FakeClock()]
+    models = [
+        Model(MemoryStore(clock=clocks[0]), clocks[0]),
+        Model(PostgresStore(postgres_dsn, clock=clocks[1]), clocks[1]),
+    ]
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(run_both(ops, models))
+    finally:
+        loop.close()
+        for model in models:
+            model.store.close()
+        with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+            admin.execute(
+                "TRUNCATE taskbed_tasks, taskbed_outbox, taskbed_leases, taskbed_presence;"
+                "ALTER SEQUENCE taskbed_fencing RESTART"
+            )

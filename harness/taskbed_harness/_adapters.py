@@ -16,11 +16,12 @@ import logging
 import os
 import sqlite3
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
 
-from taskbed import Clock, Runtime, SQLiteStore, WallClock
+from taskbed import Clock, PostgresStore, Runtime, SQLiteStore, TaskStore, WallClock
 
 from ._client import ClientConnection
 from ._fake import HarnessRuntime
@@ -135,6 +136,11 @@ class ReferenceImplementation:
     Each started instance owns a SQLite file in a temporary directory, so restart and recovery
     are real; timestamps follow the loop's virtual clock when there is one. Creating an
     instance costs nothing; ``start()`` makes the file and the runtime.
+
+    Args:
+        postgres: a PostgreSQL DSN: each started instance then owns a new schema on that
+            server (dropped at ``stop()``) and its runtimes use ``PostgresStore``
+            (``taskbed conform --postgres DSN``).
     """
 
     name = "reference"
@@ -148,7 +154,9 @@ class ReferenceImplementation:
     #: short, so that the write-path rules (store_faults) run fast.
     retry_for: float = 0.05
 
-    def __init__(self) -> None:
+    def __init__(self, *, postgres: str | None = None) -> None:
+        self.postgres = postgres
+        self._schema: str | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._registered: dict[str, Callable[..., Any]] = {}
         self._modules: dict[str, list[dict[str, Any]]] = {}
@@ -164,16 +172,24 @@ class ReferenceImplementation:
             raise RuntimeError("the implementation is not started; await start() first")
         return self._runtime
 
-    def _new_runtime(self) -> Runtime:
+    def _new_store(self, clock: Clock | None) -> TaskStore:
+        if self.postgres is not None:
+            if self._schema is None:
+                self._schema = _create_schema(self.postgres)
+            dsn = f"{self.postgres} options=-csearch_path={self._schema}"
+            return PostgresStore(dsn, clock=clock)
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="taskbed-conform-")
+        return self.store_class(
+            os.path.join(self._dir.name, "tasks.db"), clock=clock, retry_for=self.retry_for
+        )
+
+    def _new_runtime(self) -> Runtime:
         clock = None
         with contextlib.suppress(RuntimeError):  # on a virtual loop, timestamps are virtual
             clock = getattr(asyncio.get_running_loop(), "clock", None)
         # The store's clock decides lease expiry (LEASE-5); on a virtual loop it is virtual.
-        store = self.store_class(
-            os.path.join(self._dir.name, "tasks.db"), clock=clock, retry_for=self.retry_for
-        )
+        store = self._new_store(clock)
         runtime_clock: Clock | None = clock
         if self._clock_skew:
             base: Clock = clock if clock is not None else WallClock()
@@ -202,6 +218,9 @@ class ReferenceImplementation:
         if self._dir is not None and not self._shares_dir:
             self._dir.cleanup()
         self._dir = None
+        if self._schema is not None and self.postgres is not None and not self._shares_dir:
+            _drop_schema(self.postgres, self._schema)
+        self._schema = None
 
     def request(
         self, *, session: dict[str, Any], module: str, request_id: str | None
@@ -247,7 +266,8 @@ class ReferenceImplementation:
         timestamps and its own idea of "now"; the store's clock is shared, as it is for
         processes on one database).
         """
-        other = type(self)()
+        other = type(self)(postgres=self.postgres)
+        other._schema = self._schema
         other._dir = self._dir
         other._registered = self._registered
         other._modules = self._modules
@@ -300,15 +320,28 @@ class ReferenceImplementation:
 
     def break_store(self) -> None:
         """From now on every store write fails with a disk I/O error (``store_faults``)."""
+        store = self.runtime.store
+        if isinstance(store, PostgresStore):
+            store.inject_fault(OSError(5, "could not write block: Input/output error"))
+            return
         self._store().inject_fault(sqlite3.OperationalError("disk I/O error"))
 
     def heal_store(self) -> None:
         """The fault clears (``store_faults``)."""
+        store = self.runtime.store
+        if isinstance(store, PostgresStore):
+            store.inject_fault(None)
+            return
         self._store().inject_fault(None)
 
     @contextlib.asynccontextmanager
     async def lock_store(self) -> AsyncIterator[None]:
         """Hold the store's write lock from outside for the block (``store_faults``)."""
+        store = self.runtime.store
+        if isinstance(store, PostgresStore):
+            async with _locked_tables(store.dsn):
+                yield
+            return
         other = sqlite3.connect(self._store().path, isolation_level=None)
         try:
             other.execute("BEGIN IMMEDIATE")
@@ -357,6 +390,7 @@ async def _discard(runtime: Runtime) -> None:
     logger.disabled = True  # its writes fail against the closed store; that is the point
     try:
         runtime.channel.handler = None
+        await runtime.channel.stop()  # a frozen host hears nothing more from the others
         manager = runtime.manager
         if manager is not None:
             for local in list(manager._local.values()):
@@ -373,6 +407,36 @@ async def _discard(runtime: Runtime) -> None:
         runtime.pool.shutdown()
     finally:
         logger.disabled = previous
+
+
+@contextlib.asynccontextmanager
+async def _locked_tables(dsn: str) -> AsyncIterator[None]:
+    """Another session holds the task and lease tables against writes (reads go on)."""
+    import psycopg  # noqa: PLC0415 - only conformance runs on PostgreSQL need it
+
+    with psycopg.connect(dsn) as other:
+        other.execute("LOCK TABLE taskbed_tasks, taskbed_leases IN EXCLUSIVE MODE")
+        try:
+            yield
+        finally:
+            other.rollback()
+
+
+def _create_schema(dsn: str) -> str:
+    """A new schema on the server at *dsn*, for one conformance instance."""
+    import psycopg  # noqa: PLC0415 - only conformance runs on PostgreSQL need it
+
+    name = f"taskbed_conform_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {name}")
+    return name
+
+
+def _drop_schema(dsn: str, name: str) -> None:
+    import psycopg  # noqa: PLC0415 - only conformance runs on PostgreSQL need it
+
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
 
 
 def reference() -> Implementation:
