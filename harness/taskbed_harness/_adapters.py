@@ -177,7 +177,7 @@ class ReferenceImplementation:
             if self._schema is None:
                 self._schema = _create_schema(self.postgres)
             dsn = f"{self.postgres} options=-csearch_path={self._schema}"
-            return PostgresStore(dsn, clock=clock)
+            return PostgresStore(dsn, clock=clock, retry_for=self.retry_for)
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="taskbed-conform-")
         return self.store_class(
