@@ -236,6 +236,10 @@ class SQLiteStore:
             (``julianday('now')``). The conformance adapter passes its virtual clock.
     """
 
+    #: The DDL run when the store opens (idempotent statements separated by ``;``). A seam: a
+    #: subclass may add indexes, or (in the conformance suite's one-bug variants) drop one.
+    schema: str = _SCHEMA
+
     def __init__(
         self,
         path: str | os.PathLike[str] = ":memory:",
@@ -294,7 +298,7 @@ class SQLiteStore:
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    for statement in _SCHEMA.split(";"):
+                    for statement in self.schema.split(";"):
                         if statement.strip():
                             self._db.execute(statement)
                     columns = {r[1] for r in self._db.execute("PRAGMA table_info(tasks)")}
