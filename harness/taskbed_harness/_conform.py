@@ -45,7 +45,7 @@ from typing import Any
 from taskbed import ui
 
 from ._client import ClientView
-from ._clock import new_virtual_loop
+from ._clock import VirtualClock, new_virtual_loop
 from ._protocol import (
     OBSERVER_MODULE,
     Adapter,
@@ -424,8 +424,12 @@ async def run_rule(rule: Rule, factory: Callable[[], Any]) -> Result:
 
 
 def run_rule_sync(rule: Rule, factory: Callable[[], Any]) -> Result:
-    """Judge one rule on its own fresh virtual-time loop."""
-    loop = new_virtual_loop()
+    """Judge one rule on its own fresh virtual-time loop.
+
+    ``time.monotonic()`` stays real there: the spec pages bound a broken implementation's hang
+    with real-time deadlines (their ``until()`` helper), which virtual time would never reach.
+    """
+    loop = new_virtual_loop(VirtualClock(virtual_monotonic=False))
     try:
         return loop.run_until_complete(run_rule(rule, factory))
     finally:
