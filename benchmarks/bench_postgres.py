@@ -89,16 +89,24 @@ async def taskbed(n: int, store: TaskStore, listener: TaskStore | None = None) -
 
 
 def raw(n: int, dsn: str) -> Sample:
-    """The same rows, written by hand: N committed inserts, then one transaction of updates."""
+    """The same rows, written by hand: N committed inserts, then one transaction of updates.
+
+    The same statements as the store's: the insert is conditional on the lease (fencing),
+    the updates on the row's claim.
+    """
     PostgresStore(dsn).close()  # the schema
-    with psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as db, collected():
+    with psycopg.connect(dsn, autocommit=True) as db, collected():
+        db.execute(
+            "INSERT INTO taskbed_leases VALUES ('bench', nextval('taskbed_fencing'), 'Infinity')"
+        )
+        [(token,)] = db.execute("SELECT token FROM taskbed_leases").fetchall()
         start = time.perf_counter()
         ids = []
         for _ in range(n):
             now = time.time()
             task_id = str(uuid.uuid4())
             row = (task_id, "7", "10", "bench", '"Background Task"', None, "pending", 0.0,
-                   "{}", "null", None, now, now, "bench")  # fmt: skip
+                   "{}", "null", None, now, now, "bench", token, "bench", token)  # fmt: skip
             db.execute(_INSERT, row).fetchone()
             ids.append(task_id)
         submitted = time.perf_counter()
@@ -107,8 +115,10 @@ def raw(n: int, dsn: str) -> Sample:
         with db.transaction(), db.cursor() as cur:
             cur.executemany(
                 "UPDATE taskbed_tasks SET status = %s, updated_at = %s, result = %s, "
-                "progress = %s WHERE id = %s AND status IN ('pending', 'running')",
-                [("completed", now, "null", 1.0, task_id) for task_id in ids],
+                "progress = %s WHERE id = %s AND status IN ('pending', 'running') "
+                "AND runner_id = 'bench' AND runner_token = %s AND EXISTS (SELECT 1 FROM "
+                "taskbed_leases WHERE runtime_id = 'bench' AND token = %s)",
+                [("completed", now, "null", 1.0, task_id, token, token) for task_id in ids],
             )
             cur.executemany(
                 "INSERT INTO taskbed_outbox (user_scope, org_scope, message) VALUES (%s, %s, %s)",

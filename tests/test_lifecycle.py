@@ -23,6 +23,7 @@ from taskbed import (
     TERMINAL,
     TRANSITIONS,
     Connection,
+    Lease,
     LifecycleError,
     MemoryStore,
     ModuleSDK,
@@ -237,20 +238,25 @@ class RecordingStore(MemoryStore):
         super().__init__()
         self.changes: list[tuple[str, str]] = []
 
-    def insert_or_get_active(self, record: TaskRecord) -> tuple[TaskRecord, bool]:
-        stored, created = super().insert_or_get_active(record)
+    async def insert_or_get_active(
+        self, record: TaskRecord, lease: Lease
+    ) -> tuple[TaskRecord, bool]:
+        stored, created = await super().insert_or_get_active(record, lease)
         if created:
             self.changes.append(("<new>", record.status))
         return stored, created
 
-    def update(self, task_id: str, changes: dict[str, object]) -> None:
+    async def update(
+        self, task_id: str, changes: dict[str, object], lease: Lease, **keep: Any
+    ) -> bool:
         before = self.get(task_id)
-        super().update(task_id, changes)
+        changed = await super().update(task_id, changes, lease, **keep)
         after = self.get(task_id)
         if before is not None and after is not None and before.status != after.status:
             self.changes.append((before.status, after.status))
         if before is not None and before.status in TERMINAL:
             assert after == before, f"terminal row changed: {before} -> {after}"
+        return changed
 
 
 JOB_OPS = ("progress", "ask", "complete", "fail")

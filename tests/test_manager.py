@@ -26,8 +26,7 @@ from typing import Any
 import pytest
 
 from conftest import make_session
-from taskbed import Connection, Lease, Runtime, SQLiteStore, TaskRecord, TaskStore, ui
-from taskbed._manager import HOST
+from taskbed import Connection, Runtime, SQLiteStore, TaskRecord, TaskStore, ui
 from taskbed_harness import HarnessRuntime
 
 # ---------------------------------------------------------------- helpers
@@ -60,9 +59,14 @@ def row_of(store: TaskStore, task_id: str) -> TaskRecord:
 
 
 @contextlib.asynccontextmanager
-async def started(path: Path, **kwargs: Any) -> AsyncIterator[Runtime]:
-    """A runtime over the SQLite file at *path*; stopped and its store closed afterwards."""
-    store = SQLiteStore(path)
+async def started(
+    path: Path, *, store_clock: FakeClock | None = None, **kwargs: Any
+) -> AsyncIterator[Runtime]:
+    """A runtime over the SQLite file at *path*; stopped and its store closed afterwards.
+
+    *store_clock*: the store's clock (lease expiry), by default the database's own.
+    """
+    store = SQLiteStore(path, clock=store_clock)
     rt = Runtime(store, **kwargs)
     try:
         await rt.start()
@@ -91,9 +95,9 @@ CHILD = textwrap.dedent(
         asyncio.get_running_loop().call_soon(os.kill, os.getpid(), signal.SIGKILL)
         return {"n": 1}
 
-    async def main(path, mode):
+    async def main(path, mode, lease_seconds):
         store = SQLiteStore(path)
-        rt = Runtime(store)
+        rt = Runtime(store, lease_seconds=float(lease_seconds))
         await rt.start()
         sdk = rt.sdk(
             session={"user": {"id": 7, "organization_id": 10}, "session_key": "s1"},
@@ -110,9 +114,18 @@ CHILD = textwrap.dedent(
         print("ready", tid, rt.manager.runtime_id, flush=True)
         await asyncio.Event().wait()
 
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))
     """
 )
+
+
+#: The lease of a child runtime: short, so that a killed child is gone after a short wait.
+LEASE = 1.0
+
+
+def outlive_lease(seconds: float = LEASE) -> None:
+    """Wait (for real) until a lease of *seconds* taken before the call has run out."""
+    time.sleep(seconds * 1.2)
 
 
 class Child:
@@ -128,14 +141,16 @@ class Child:
 
 
 @contextlib.contextmanager
-def child_runtime(path: Path, mode: str = "hold", ready_timeout: float = 15.0) -> Iterator[Child]:
+def child_runtime(
+    path: Path, mode: str = "hold", ready_timeout: float = 15.0, lease_seconds: float = LEASE
+) -> Iterator[Child]:
     """A child process with a runtime on the SQLite file *path*.
 
     ``hold``: its task "Forever" holds key "k" and runs until the child is killed.
     ``die``: its task "Quick" completes, and the child SIGKILLs itself at once.
     """
     with subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(path), mode],
+        [sys.executable, "-c", CHILD, str(path), mode, str(lease_seconds)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
@@ -303,6 +318,7 @@ async def test_a_killed_runtimes_task_is_interrupted_at_the_next_start(tmp_path:
         finally:
             probe.close()
         child.kill()
+    outlive_lease()  # liveness is the lease alone (LEASE-5)
 
     async with started(path) as rt:
         old = row_of(rt.store, child.task_id)
@@ -325,10 +341,9 @@ async def test_a_killed_runtimes_task_is_interrupted_at_the_next_start(tmp_path:
 
 @pytest.mark.rule("REC-1")
 @pytest.mark.asyncio
-async def test_an_expired_lease_on_another_host_is_dead(tmp_path: Path) -> None:
+async def test_an_expired_lease_is_dead(tmp_path: Path) -> None:
     path = tmp_path / "t.db"
-    now = time.time()
-    ghost = _ghost_task(path, runtime_id="ghost", expires_at=now - 1, host="elsewhere")
+    ghost = await _ghost_task(path, runtime_id="ghost", ttl=-1)
 
     async with started(path) as rt:
         row = row_of(rt.store, ghost)
@@ -345,43 +360,43 @@ async def test_an_expired_lease_on_another_host_is_dead(tmp_path: Path) -> None:
 async def test_a_lease_that_expires_while_running_is_recovered_by_the_heartbeat(
     tmp_path: Path,
 ) -> None:
-    # Runtime A stops heartbeating (its clock is frozen far in the past); B's recovery,
+    # The store's clock (here a fake one both stores share) passes A's lease; B's recovery,
     # which runs at start and with each heartbeat, finds A's lease expired.
     path = tmp_path / "t.db"
     clock = FakeClock(time.time())
     gate = asyncio.Event()
-    a_store = SQLiteStore(path)
-    a = Runtime(a_store, clock=FakeClock(clock.t), lease_seconds=30)
+    a_store = SQLiteStore(path, clock=clock)
+    a = Runtime(a_store, lease_seconds=30)
     await a.start()
     try:
         tid = await parked(a, gate)
-        async with started(path, clock=clock, lease_seconds=30) as b:
+        b_store = SQLiteStore(path, clock=clock)
+        async with Runtime(b_store, lease_seconds=30) as b:
             assert row_of(b.store, tid).status == "running"  # A's lease is still valid
             clock.t += 31
             assert b.manager is not None
-            recovered = b.manager.recover()
+            recovered = await b.manager.recover()
             assert [r.id for r in recovered] == [tid]
             assert row_of(b.store, tid).status == "interrupted"
+        b_store.close()
     finally:
         gate.set()
         await a.stop()
         a_store.close()
 
 
-def _ghost_task(
-    path: Path, *, runtime_id: str, expires_at: float, host: str, pid: int = 999_999_999
-) -> str:
-    """A running task row whose runner holds the given lease (written straight to the store)."""
+async def _ghost_task(path: Path, *, runtime_id: str, ttl: float) -> str:
+    """A running task row claimed under a lease of *ttl* seconds (negative: expired)."""
     store = SQLiteStore(path)
     try:
-        store.heartbeat(Lease(runtime_id, expires_at, host, pid))
+        lease = await store.acquire(runtime_id, ttl)
         now = time.time()
         record = TaskRecord(
             id=str(uuid.uuid4()), user_id=7, organization_id=10, module="mod", label="Ghost",
             task_key="g", status="running", progress=0.5, checkpoint={"at": 1}, result=None,
-            error=None, created_at=now, updated_at=now, runner_id=runtime_id,
+            error=None, created_at=now, updated_at=now,
         )  # fmt: skip
-        _, created = store.insert_or_get_active(record)
+        _, created = await store.insert_or_get_active(record, lease)
         assert created
         return record.id
     finally:
@@ -411,11 +426,13 @@ async def test_a_live_child_runtimes_task_is_never_touched(tmp_path: Path) -> No
             assert len(sdk_of(rt).tasks.get_tasks_by_key("k", 10)) == 1
 
             assert rt.manager is not None
-            assert rt.manager.recover() == []  # what each heartbeat runs
+            assert await rt.manager.recover() == []  # what each heartbeat runs
             assert row_of(rt.store, child.task_id).status == "running"
 
-            child.kill()  # now it is gone: the next recovery takes its task
-            assert [r.id for r in rt.manager.recover()] == [child.task_id]
+            child.kill()  # now it is gone: once its lease ran out, recovery takes its task
+            assert await rt.manager.recover() == []
+            await asyncio.sleep(LEASE * 1.2)
+            assert [r.id for r in await rt.manager.recover()] == [child.task_id]
             assert row_of(rt.store, child.task_id).status == "interrupted"
 
         assert child.proc.returncode is not None
@@ -455,7 +472,7 @@ async def test_two_runtimes_in_one_process_share_a_file(tmp_path: Path) -> None:
             assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED
             assert b_conn.messages == []
             assert b.manager is not None
-            assert b.manager.recover() == []
+            assert await b.manager.recover() == []
         # B stopped: A's task is untouched and still finishes on A.
         assert row_of(a.store, tid).status == "running"
         gate.set()
@@ -465,33 +482,16 @@ async def test_two_runtimes_in_one_process_share_a_file(tmp_path: Path) -> None:
 
 @pytest.mark.rule("REC-2")
 @pytest.mark.asyncio
-async def test_an_unexpired_lease_on_another_host_is_alive_whatever_its_pid(
-    tmp_path: Path,
-) -> None:
-    # pid 999999999 does not exist here, but the lease is for another host: only the lease
-    # can tell, and it has not expired.
+async def test_an_unexpired_lease_is_alive(tmp_path: Path) -> None:
     path = tmp_path / "t.db"
-    ghost = _ghost_task(path, runtime_id="remote", expires_at=time.time() + 3600, host="elsewhere")
+    ghost = await _ghost_task(path, runtime_id="remote", ttl=3600)
     async with started(path) as rt:
         row = row_of(rt.store, ghost)
         assert row.status == "running"
         assert row.error is None
         assert await sdk_of(rt).tasks.run_background(_job(), task_key="g") == ghost
         assert rt.manager is not None
-        assert rt.manager.recover() == []
-
-
-@pytest.mark.rule("REC-2")
-@pytest.mark.asyncio
-async def test_a_dead_pid_on_this_host_is_dead_before_its_lease_expires(tmp_path: Path) -> None:
-    path = tmp_path / "t.db"
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait(timeout=5)  # reaped: the pid names no process now
-    ghost = _ghost_task(
-        path, runtime_id="gone", expires_at=time.time() + 3600, host=HOST, pid=proc.pid
-    )
-    async with started(path) as rt:
-        assert row_of(rt.store, ghost).status == "interrupted"
+        assert await rt.manager.recover() == []
 
 
 # ---------------------------------------------------------------- REC-3
@@ -549,15 +549,11 @@ async def test_a_crashed_runtimes_task_is_reported_to_the_owner_on_reconnect(
             [lease] = [x for x in probe.leases() if x.runtime_id == child.runtime_id]
         finally:
             probe.close()
-    # The lease is far from expiry: only the dead pid on this host says the runtime is gone.
-    assert lease.host == HOST
-    assert lease.pid == child.proc.pid
-    assert lease.expires_at > time.time() + 10
+    outlive_lease()
 
-    began = time.monotonic()
     async with started(path) as rt:
-        assert time.monotonic() - began < 1.0
         assert row_of(rt.store, child.task_id).status == "interrupted"
+        assert lease.runtime_id not in {x.runtime_id for x in rt.store.leases()}
         owner = rt.connect(7, 10)
         [message] = owner.messages
         body = message["backgroundTaskError"]
@@ -580,6 +576,7 @@ async def test_a_completion_queued_just_before_a_crash_is_not_contradicted(
     path = tmp_path / "t.db"
     with child_runtime(path, mode="die") as child:
         assert child.proc.wait(timeout=5) == -signal.SIGKILL
+    outlive_lease()
     async with started(path) as rt:
         row = row_of(rt.store, child.task_id)
         owner = rt.connect(7, 10)
@@ -602,7 +599,7 @@ async def test_a_completion_queued_just_before_a_crash_is_not_contradicted(
 @pytest.mark.asyncio
 async def test_a_connected_owner_gets_the_recovery_message_at_once(tmp_path: Path) -> None:
     path = tmp_path / "t.db"
-    ghost = _ghost_task(path, runtime_id="ghost", expires_at=time.time() - 1, host="elsewhere")
+    ghost = await _ghost_task(path, runtime_id="ghost", ttl=-1)
     store = SQLiteStore(path)
     rt = Runtime(store)
     owner = rt.connect(7, 10)
@@ -662,18 +659,22 @@ async def test_a_peer_started_beside_a_runtime_never_takes_its_tasks(tmp_path: P
     path = tmp_path / "t.db"
     clock = FakeClock(1000.0)
     gate = asyncio.Event()
-    async with started(path, clock=clock, lease_seconds=3.0) as a:
+    async with started(path, clock=clock, store_clock=clock, lease_seconds=3.0) as a:
         mine = await parked(a, gate)
-        async with started(path, clock=clock, lease_seconds=3.0) as b:
+        async with started(path, clock=clock, store_clock=clock, lease_seconds=3.0) as b:
             theirs = await parked(b, gate, key="theirs")
             for _ in range(5):  # many lease periods; both sides refresh and sweep
                 clock.t += 2.0
+                for rt in (a, b):
+                    assert rt.manager is not None
+                    assert rt.manager.lease is not None
+                    renewed = await rt.store.renew(rt.manager.lease, 3.0)
+                    assert renewed is not None
+                    rt.manager.lease = renewed
                 assert a.manager is not None
                 assert b.manager is not None
-                a.store.heartbeat(a.manager._lease())
-                b.store.heartbeat(b.manager._lease())
-                assert a.manager.recover() == []
-                assert b.manager.recover() == []
+                assert await a.manager.recover() == []
+                assert await b.manager.recover() == []
             assert (row_of(a.store, mine).status, row_of(a.store, theirs).status) == (
                 "running", "running",
             )  # fmt: skip

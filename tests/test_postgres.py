@@ -133,11 +133,10 @@ async def test_an_owner_on_both_hosts_gets_each_message_once_on_each(hosts: Host
         await receive(there, 10)
         await asyncio.sleep(0.3)
         for conn in (here, there):
-            assert (
-                kinds(conn.messages)
-                == ["backgroundTaskStarted"] * 5 + ["backgroundTaskCompleted"] * 5
-            ), conn
-            done = [m["backgroundTaskCompleted"]["taskId"] for m in conn.messages[5:]]
+            for task_id in ids:  # each message once, in order, on each connection
+                mine = [m for m in conn.messages if task_of(m) == task_id]
+                assert kinds(mine) == ["backgroundTaskStarted", "backgroundTaskCompleted"], conn
+            done = [task_of(m) for m in conn.messages if "backgroundTaskCompleted" in m]
             assert done == ids  # in order
         assert c.channel.is_online(c.connect(9, 9).owner)
 
@@ -154,7 +153,8 @@ async def test_a_task_on_b_in_order_for_many_tasks(hosts: Hosts) -> None:
 
         ids: list[str] = []
         async with b.request(session=make_session(), module="mod") as sdk:
-            ids.extend([await sdk.tasks.run_background(job(n)) for n in range(10)])
+            for n in range(10):  # each task reads its id from ids as it starts
+                ids.append(await sdk.tasks.run_background(job(n)))  # noqa: PERF401
         for task_id in ids:
             await b.wait(task_id)
         got = await receive(conn, 50)
@@ -258,8 +258,7 @@ async def test_presence_of_a_host_whose_database_connection_died_does_not_count(
         await a.wait(task_id)
         await asyncio.sleep(0)
         assert kinds(a.connect(7, 10).messages) == ["backgroundTaskCompleted"]
-        with pytest.raises(psycopg.OperationalError):
-            ghost.close()
+        ghost.close()  # its connection is gone: closing says so in the log, and finishes
 
 
 async def test_recovery_interrupts_the_tasks_of_a_host_whose_lease_expired(
@@ -456,7 +455,7 @@ async def test_three_runtime_processes_behave_like_one_to_their_user(postgres_ds
                 assert p.returncode == 0, err
             ids = [task_id for out, _ in outputs for task_id in json.loads(out)]
             got = await receive(conn, 5 * len(ids))
-            assert await quiet(conn) == []
+            assert await quiet(conn, 1.0) == []
             for task_id in ids:
                 mine = [m for m in got if task_of(m) == task_id]
                 assert kinds(mine) == [

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from conftest import Request, kinds, make_session, settle
-from taskbed import MemoryStore, ModuleSDK, Runtime, TaskRecord
+from taskbed import Lease, MemoryStore, ModuleSDK, Runtime, TaskRecord
 
 
 async def job() -> str:
@@ -427,10 +427,12 @@ class FlakyStore(MemoryStore):
 
     broken = True
 
-    def insert_or_get_active(self, record: TaskRecord) -> tuple[TaskRecord, bool]:
+    async def insert_or_get_active(
+        self, record: TaskRecord, lease: Lease
+    ) -> tuple[TaskRecord, bool]:
         if self.broken:
             raise OSError("disk I/O error")
-        return super().insert_or_get_active(record)
+        return await super().insert_or_get_active(record, lease)
 
 
 @pytest.mark.rule("BG-9")

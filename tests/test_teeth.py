@@ -39,6 +39,7 @@ from taskbed import (
     ConnectionRegistry,
     InvalidSubmissionError,
     Lease,
+    LeaseLostError,
     ManagerNotInitializedError,
     OSProcessRunner,
     Owner,
@@ -46,13 +47,14 @@ from taskbed import (
     RequestContext,
     Runtime,
     SQLiteStore,
+    StoreWriteError,
     TaskEvent,
     TaskManager,
     TaskRecord,
     Tasks,
     UnknownTaskNameError,
 )
-from taskbed._manager import same_owner
+from taskbed._manager import Work, same_owner
 from taskbed._model import clamp_progress, json_copy, outcome_message, scope
 from taskbed._sqlite_store import _ACTIVE_SQL, _COLUMNS
 from taskbed._tasks import _is_async
@@ -106,8 +108,9 @@ BROKEN = [
     # question. (Added to OWN-4's check of the owner's own get, which saw ended tasks only.)
     _broken("get-snapshot-hides-open-question", "GetSnapshotHidesOpenQuestion", "OWN-4"),
     # Durable messages for an offline owner are dropped. REC-3 states that they are kept
-    # across a restart, so it needs them kept in the first place.
-    _broken("offline-messages-dropped", "OfflineMessagesDropped", "OWN-5", "REC-3"),
+    # across a restart, so it needs them kept in the first place; LEASE-3 finds the
+    # recovery's error kept for the owner of a task taken from a paused runtime.
+    _broken("offline-messages-dropped", "OfflineMessagesDropped", "OWN-5", "REC-3", "LEASE-3"),
     # A stranger's command about a task running here is refused from the local map, about
     # any other id after a store lookup: the time tells whether the task exists.
     _broken("ownership-shortcut-by-existence", "OwnershipShortcut", "OWN-6"),  # SHOULD only
@@ -152,8 +155,10 @@ BROKEN = [
     _broken("no-manager-progress-raises", "NoManagerProgressRaises", "MGR-2"),
     # -- REC
     # No recovery at all: orphans stay active (REC-1), and the error message of a recovered
-    # task, which REC-3 expects in the offline queue, is never produced.
-    _broken("recovery-skipped", "RecoverySkipped", "REC-1", "REC-3"),
+    # task, which REC-3 expects in the offline queue, is never produced. The lease rules
+    # whose peer must take a paused runtime's task (LEASE-2, 3, 4, 6) fail with it.
+    _broken("recovery-skipped", "RecoverySkipped",
+            "REC-1", "REC-3", "LEASE-2", "LEASE-3", "LEASE-4", "LEASE-6"),
     # -- BG
     # error = "task failed: <str(exc)>". REC-3 expects the queued error of a failed task to
     # be str(exc) as well.
@@ -168,12 +173,20 @@ BROKEN = [
     _broken("interrupted-task-silent", "InterruptedTaskSilent", "BG-8", "MGR-3"),
     # -- the classes of miss of issue 10
     _broken("dedup-within-one-runtime", "DedupWithinOneRuntime", "DEDUP-7"),
-    _broken("recovery-ignores-leases", "RecoveryIgnoresLeases", "REC-4"),
-    _broken("lease-never-refreshed", "LeaseNeverRefreshed", "REC-4"),
+    # A peer's recovery takes the tasks of live runtimes: REC-4, and with it the rules where a
+    # peer runs beside a busy runtime (DEDUP-7: the key is freed; LEASE-5, LEASE-6).
+    _broken("recovery-ignores-leases", "RecoveryIgnoresLeases",
+            "REC-4", "DEDUP-7", "LEASE-5", "LEASE-6"),
+    # Renewals change nothing: after 30 s every runtime's own lease runs out and recovery
+    # (its own or a peer's) takes its tasks, so every rule whose task outlives a lease fails.
+    _broken("lease-never-refreshed", "LeaseNeverRefreshed",
+            "REC-4", "REC-2", "CONF-1", "LEASE-4", "LEASE-5"),
     # stop() drops the manager and leaves its tasks running: nobody interrupts them (MGR-3)
     # and stop() returns before they end (MGR-4).
     _broken("stop-abandons-tasks", "StopAbandonsTasks", "MGR-3", "MGR-4"),
-    _broken("stop-does-not-wait", "StopDoesNotWait", "MGR-4"),  # a SHOULD rule only
+    # stop() returns at once: the interrupted tasks' ends (MGR-4), and their errors, which are
+    # sent once the end is stored, come after the check looked (MGR-3).
+    _broken("stop-does-not-wait", "StopDoesNotWait", "MGR-4", "MGR-3"),
     # Messages go out only while the runtime serves (its channel's handler is set): the error
     # of a task that stop() interrupts is dropped.
     _broken("silent-while-not-serving", "SilentWhileNotServing", "MGR-3"),
@@ -229,6 +242,21 @@ BROKEN = [
     _broken("synthetic-request-id-not-passed", "SyntheticRequestIdNotPassed", "CTX-4"),
     # userId "7": OWN-2 states the ids as they are; QUERY-1 compares them and QUERY-6 the row.
     _broken("row-owner-ids-as-text", "RowOwnerIdsAsText", "OWN-2", "QUERY-1", "QUERY-6"),
+    # -- LEASE
+    _broken("fencing-token-reused", "FencingTokenReused", "LEASE-1"),
+    _broken("insert-ignores-the-lease", "InsertIgnoresTheLease", "LEASE-2"),
+    _broken("unmatched-write-published", "UnmatchedWritePublished", "LEASE-3"),
+    # The old heartbeat: a renewal re-creates a lease that recovery removed, so a runtime
+    # with nothing to write never learns it lost its tasks (LEASE-4). LEASE-2's runtime
+    # still finds out, from its task's first fenced write.
+    _broken("lease-re-created", "LeaseReCreated", "LEASE-4"),
+    _broken("expiry-on-the-runtime-clock", "ExpiryOnTheRuntimeClock", "LEASE-5"),
+    _broken("missed-heartbeat-means-gone", "MissedHeartbeatMeansGone", "LEASE-6"),
+    _broken("progress-store-error-swallowed", "ProgressStoreErrorSwallowed", "LEASE-7"),
+    # A refused end is dropped, not retried: wait() polls a row that stays running forever
+    # (LEASE-7), and the end never reaches the store or the owner (LEASE-8).
+    _broken("unstored-end-dropped", "UnstoredEndDropped", "LEASE-7", "LEASE-8"),
+    _broken("writes-block-the-loop", "WritesBlockTheLoop", "LEASE-9"),
 ]
 # fmt: on
 
@@ -240,9 +268,9 @@ BROKEN = [
 # Rules without a tooth of their own (docs/guides/conformance.md#the-suites-teeth says why):
 # DEDUP-4 (the facade turns "" into no key before any public seam sees it), CTX-3 (a task's
 # context is a copy of its submitter's: a variant that reads the module elsewhere fails
-# CMD-10 or CTX-1 first), REC-2 (its broken variants, a takeover of a live runtime's tasks or
-# a lost heartbeat, need a second live runtime: REC-4 catches them).
-NO_TOOTH = {"DEDUP-4", "CTX-3", "REC-2"}
+# CMD-10 or CTX-1 first). REC-2 has one now: a heartbeat that renews nothing loses a long
+# task to recovery (lease-never-refreshed).
+NO_TOOTH = {"DEDUP-4", "CTX-3"}
 
 RULES = load_rules()
 RULE_IDS = {rule.id for rule in RULES}
@@ -283,7 +311,9 @@ def runtime_with(**parts: type) -> type[Runtime]:
 class _CrossOrganizationDedupStore(SQLiteStore):
     """Finds the active holder of a key in any organization, not just the submitter's."""
 
-    def insert_or_get_active(self, record: TaskRecord) -> tuple[TaskRecord, bool]:
+    async def insert_or_get_active(
+        self, record: TaskRecord, lease: Lease
+    ) -> tuple[TaskRecord, bool]:
         if record.task_key is not None:
             holders = self._query(
                 f"SELECT {_COLUMNS} FROM tasks WHERE task_key = ? AND status IN ({_ACTIVE_SQL}) "
@@ -292,7 +322,7 @@ class _CrossOrganizationDedupStore(SQLiteStore):
             )
             if holders:
                 return holders[0], False
-        return super().insert_or_get_active(record)
+        return await super().insert_or_get_active(record, lease)
 
 
 class DedupIgnoresOrganization(ReferenceImplementation):
@@ -303,12 +333,14 @@ class DedupIgnoresOrganization(ReferenceImplementation):
 class _TerminalHoldsKeyStore(SQLiteStore):
     """Any task with the key, whatever its status, holds it."""
 
-    def insert_or_get_active(self, record: TaskRecord) -> tuple[TaskRecord, bool]:
+    async def insert_or_get_active(
+        self, record: TaskRecord, lease: Lease
+    ) -> tuple[TaskRecord, bool]:
         if record.task_key is not None:
             holders = self.find_by_key(record.task_key, record.organization_id)
             if holders:
                 return holders[0], False
-        return super().insert_or_get_active(record)
+        return await super().insert_or_get_active(record, lease)
 
 
 class DedupBlocksOnTerminal(ReferenceImplementation):
@@ -319,21 +351,31 @@ class DedupBlocksOnTerminal(ReferenceImplementation):
 class _RunsDuplicatesManager(TaskManager):
     """Returns the holder's id for a duplicate, and runs the duplicate's work anyway."""
 
-    def submit(self, work: Any, *, owner: Owner, task_key: str | None, **kwargs: Any) -> str:
-        holders = [
-            row
-            for row in (self.store.find_by_key(task_key, owner.organization_id) if task_key else [])
-            if row.status in ACTIVE
-        ]
-        if not holders:
-            return super().submit(work, owner=owner, task_key=task_key, **kwargs)
+    async def submit(self, work: Any, **kwargs: Any) -> str:
+        submitting = True
+        dropped: list[bool] = []
 
-        async def stray() -> None:
-            await work.start()
+        def discard() -> None:  # while submitting, a discard means "a duplicate": not yet
+            if submitting:
+                dropped.append(True)
+            else:
+                work.discard()
 
-        strays = self.__dict__.setdefault("strays", [])
-        strays.append((asyncio.ensure_future(stray()), work))
-        return holders[0].id
+        try:
+            task_id = await super().submit(Work(work.start, discard), **kwargs)
+        except BaseException:
+            work.discard()
+            raise
+        finally:
+            submitting = False
+        if dropped:  # the store found a holder (the only discard of a submission that worked)
+
+            async def stray() -> None:
+                await work.start()
+
+            strays = self.__dict__.setdefault("strays", [])
+            strays.append((asyncio.ensure_future(stray()), work))
+        return task_id
 
     async def stop(self) -> None:
         for stray, work in self.__dict__.get("strays", []):
@@ -443,8 +485,8 @@ class OfflineMessagesDropped(ReferenceImplementation):
 class _ForgetsRequestManager(TaskManager):
     """Drops the submitting request: every task runs in a synthetic context."""
 
-    def submit(self, work: Any, *, request: RequestContext | None, **kwargs: Any) -> str:
-        return super().submit(work, request=None, **kwargs)
+    async def submit(self, work: Any, *, request: RequestContext | None, **kwargs: Any) -> str:
+        return await super().submit(work, request=None, **kwargs)
 
 
 class ContextNotCarried(ReferenceImplementation):
@@ -605,7 +647,7 @@ class _UnclampedProgressTasks(Tasks):
             checkpoint = json_copy(checkpoint, "checkpoint", "PROG-3")
         manager = self._manager
         if manager is not None:
-            manager.update_progress(task_id, float(progress), checkpoint, label)
+            await manager.update_progress(task_id, float(progress), checkpoint, label)
 
 
 class ProgressNotClamped(ReferenceImplementation):
@@ -762,7 +804,7 @@ class NoManagerProgressRaises(ReferenceImplementation):
 class _NoRecoveryManager(TaskManager):
     """Never recovers the tasks of runtimes that are gone."""
 
-    def recover(self) -> list[TaskRecord]:
+    async def recover(self) -> list[TaskRecord]:
         return []
 
 
@@ -777,10 +819,10 @@ class RecoverySkipped(ReferenceImplementation):
 class _DecoratedErrorManager(TaskManager):
     """A failed task's error is "task failed: <str(exc)>" instead of str(exc)."""
 
-    def _finish(self, record: TaskRecord, event: TaskEvent, **fields: Any) -> None:
+    async def _finish(self, record: TaskRecord, event: TaskEvent, **fields: Any) -> None:
         if event is TaskEvent.FAIL:
             fields["error"] = f"task failed: {fields.get('error')}"
-        super()._finish(record, event, **fields)
+        await super()._finish(record, event, **fields)
 
 
 class FailedErrorNotStrExc(ReferenceImplementation):
@@ -791,11 +833,11 @@ class FailedErrorNotStrExc(ReferenceImplementation):
 class _SilentInterruptManager(TaskManager):
     """An interrupted task ends without telling its owner."""
 
-    def _finish(self, record: TaskRecord, event: TaskEvent, **fields: Any) -> None:
+    async def _finish(self, record: TaskRecord, event: TaskEvent, **fields: Any) -> None:
         if event is TaskEvent.INTERRUPT:
-            self._change(record, event, **fields)
+            await self._change(record, event, **fields)
             return
-        super()._finish(record, event, **fields)
+        await super()._finish(record, event, **fields)
 
 
 class InterruptedTaskSilent(ReferenceImplementation):
@@ -803,6 +845,152 @@ class InterruptedTaskSilent(ReferenceImplementation):
     runtime_class = runtime_with(manager_class=_SilentInterruptManager)
 
 
+# ---------------------------------------------------------------- LEASE
+
+
+class _ReusedTokenStore(SQLiteStore):
+    """Every lease gets token 1: the claim of a later runtime looks no newer."""
+
+    async def acquire(self, runtime_id: str, ttl: float) -> Lease:
+        def run(db: Any) -> Lease:
+            lease = Lease(runtime_id, 1, self._now(db) + ttl)
+            db.execute("INSERT OR REPLACE INTO runtime_leases VALUES (?, ?, ?)", lease)
+            return lease
+
+        lease: Lease = await self._write(run)
+        return lease
+
+
+class FencingTokenReused(ReferenceImplementation):
+    name = "broken: every lease has the same fencing token"
+    store_class = _ReusedTokenStore
+
+
+class _UnfencedInsertStore(SQLiteStore):
+    """A task is created even under a lease the store no longer holds."""
+
+    async def insert_or_get_active(
+        self, record: TaskRecord, lease: Lease
+    ) -> tuple[TaskRecord, bool]:
+        try:
+            return await super().insert_or_get_active(record, lease)
+        except LeaseLostError:
+            ghost = await self.acquire(f"{lease.runtime_id}-ghost", 0.0)
+            return await super().insert_or_get_active(record, ghost)
+
+
+class InsertIgnoresTheLease(ReferenceImplementation):
+    name = "broken: a runtime that lost its lease still creates tasks"
+    store_class = _UnfencedInsertStore
+
+
+class _PublishesAnywayManager(TaskManager):
+    """A task's outcome is sent even when the write of its end matched nothing."""
+
+    async def _write(
+        self, record: TaskRecord, changes: dict[str, object], *, keep: bool = False
+    ) -> bool:
+        stored = await super()._write(record, changes, keep=keep)
+        if keep and not stored:
+            self.channel.publish(record.owner, outcome_message(record), durable=True)
+        return stored
+
+
+class UnmatchedWritePublished(ReferenceImplementation):
+    name = "broken: an outcome the store refused is sent anyway"
+    runtime_class = runtime_with(manager_class=_PublishesAnywayManager)
+
+
+class _UpsertingRenewStore(SQLiteStore):
+    """A renewal re-creates a lease that recovery removed (the old heartbeat's upsert)."""
+
+    async def renew(self, lease: Lease, ttl: float) -> Lease | None:
+        renewed = await super().renew(lease, ttl)
+        if renewed is not None:
+            return renewed
+
+        def run(db: Any) -> Lease:
+            again = lease._replace(expires_at=self._now(db) + ttl)
+            db.execute("INSERT OR REPLACE INTO runtime_leases VALUES (?, ?, ?)", again)
+            return again
+
+        recreated: Lease = await self._write(run)
+        return recreated
+
+
+class LeaseReCreated(ReferenceImplementation):
+    name = "broken: a lost lease is re-created by the heartbeat"
+    store_class = _UpsertingRenewStore
+
+
+class _RuntimeClockRuntime(Runtime):
+    """Lease expiry is judged on each runtime's own clock instead of the store's."""
+
+    def __init__(self, store: Any = None, **kwargs: Any) -> None:
+        super().__init__(store, **kwargs)
+        if isinstance(self.store, SQLiteStore):
+            self.store.clock = self.clock
+
+
+class ExpiryOnTheRuntimeClock(ReferenceImplementation):
+    name = "broken: lease expiry is judged on the runtime's clock"
+    runtime_class = _RuntimeClockRuntime
+
+
+class _ImpatientRecoveryStore(SQLiteStore):
+    """A runtime that missed a heartbeat or so (15 s of a 30 s lease) is taken for gone."""
+
+    async def interrupt_orphans(self, now: float, error: str) -> list[TaskRecord]:
+        await self._write(
+            lambda db: db.execute(
+                "DELETE FROM runtime_leases WHERE expires_at < ?", (self._now(db) + 15.0,)
+            )
+        )
+        return await super().interrupt_orphans(now, error)
+
+
+class MissedHeartbeatMeansGone(ReferenceImplementation):
+    name = "broken: a missed heartbeat means the runtime is gone"
+    store_class = _ImpatientRecoveryStore
+
+
+class _QuietProgressManager(TaskManager):
+    """update_progress swallows a store error (the update is silently lost)."""
+
+    async def update_progress(self, task_id: str, *args: Any) -> None:
+        with contextlib.suppress(StoreWriteError):
+            await super().update_progress(task_id, *args)
+
+
+class ProgressStoreErrorSwallowed(ReferenceImplementation):
+    name = "broken: update_progress swallows a store error"
+    runtime_class = runtime_with(manager_class=_QuietProgressManager)
+
+
+class _DropsUnstoredManager(TaskManager):
+    """A task end the store refused is dropped: no retry, nothing for wait() to report."""
+
+    def _keep_unstored(
+        self, record: TaskRecord, changes: dict[str, object], exc: StoreWriteError
+    ) -> None:
+        return None
+
+
+class UnstoredEndDropped(ReferenceImplementation):
+    name = "broken: a task end the store refused is dropped"
+    runtime_class = runtime_with(manager_class=_DropsUnstoredManager)
+
+
+class _BlockingStore(SQLiteStore):
+    """Writes on the event loop's thread wait for the lock (for up to busy_timeout)."""
+
+    def _commit(self, batch: Any, *, wait: bool) -> Any:
+        return super()._commit(batch, wait=True)
+
+
+class WritesBlockTheLoop(ReferenceImplementation):
+    name = "broken: a store write waits for the lock on the event loop"
+    store_class = _BlockingStore
 class _ReusedCoroutineTasks(Tasks):
     """Takes any unfinished coroutine object, whether it was submitted or started before."""
 
@@ -857,17 +1045,23 @@ class _InstanceDedupStore(SQLiteStore):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.held: dict[tuple[str, str], str] = {}
+        self.deciding: asyncio.Lock | None = None  # check and insert, one at a time
 
-    def insert_or_get_active(self, record: TaskRecord) -> tuple[TaskRecord, bool]:
+    async def insert_or_get_active(
+        self, record: TaskRecord, lease: Lease
+    ) -> tuple[TaskRecord, bool]:
         if record.task_key is None:
-            return super().insert_or_get_active(record)
-        slot = (json.dumps(record.organization_id), record.task_key)
-        holder = self.get(self.held[slot]) if slot in self.held else None
-        if holder is not None and holder.status in ACTIVE:
-            return holder, False
-        stored, created = super().insert_or_get_active(record)
-        self.held[slot] = stored.id
-        return stored, created
+            return await super().insert_or_get_active(record, lease)
+        if self.deciding is None:
+            self.deciding = asyncio.Lock()
+        async with self.deciding:  # the writes await: without it, racing submits all insert
+            slot = (json.dumps(record.organization_id), record.task_key)
+            holder = self.get(self.held[slot]) if slot in self.held else None
+            if holder is not None and holder.status in ACTIVE:
+                return holder, False
+            stored, created = await super().insert_or_get_active(record, lease)
+            self.held[slot] = stored.id
+            return stored, created
 
 
 class DedupWithinOneRuntime(ReferenceImplementation):
@@ -876,10 +1070,18 @@ class DedupWithinOneRuntime(ReferenceImplementation):
 
 
 class _ExpiredLeasesStore(SQLiteStore):
-    """Reports every lease as expired: recovery takes over the tasks of live runtimes."""
+    """Recovery takes every other runtime's lease for expired: it takes over live tasks."""
 
-    def leases(self) -> list[Lease]:
-        return [lease._replace(expires_at=0.0) for lease in super().leases()]
+    async def acquire(self, runtime_id: str, ttl: float) -> Lease:
+        self.__dict__["mine"] = runtime_id  # each runtime opens a store of its own
+        return await super().acquire(runtime_id, ttl)
+
+    async def interrupt_orphans(self, now: float, error: str) -> list[TaskRecord]:
+        mine = self.__dict__.get("mine")
+        await self._write(
+            lambda db: db.execute("DELETE FROM runtime_leases WHERE runtime_id != ?", (mine,))
+        )
+        return await super().interrupt_orphans(now, error)
 
 
 class RecoveryIgnoresLeases(ReferenceImplementation):
@@ -888,16 +1090,10 @@ class RecoveryIgnoresLeases(ReferenceImplementation):
 
 
 class _FirstLeaseOnlyStore(SQLiteStore):
-    """Writes a runtime's first lease and ignores every refresh: the heartbeat is lost."""
+    """Keeps a runtime's first lease and ignores every renewal: the heartbeat is lost."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.seen: set[str] = set()
-
-    def heartbeat(self, lease: Lease) -> None:
-        if lease.runtime_id not in self.seen:
-            self.seen.add(lease.runtime_id)
-            super().heartbeat(lease)
+    async def renew(self, lease: Lease, ttl: float) -> Lease | None:
+        return lease  # "renewed", and nothing written
 
 
 class LeaseNeverRefreshed(ReferenceImplementation):
@@ -981,7 +1177,7 @@ class _NaiveClampTasks(Tasks):
         if isinstance(progress, float) and not math.isfinite(progress):
             manager = self.runtime.manager
             if manager is not None:
-                manager.update_progress(task_id, min(max(progress, 0.0), 1.0), None, None)
+                await manager.update_progress(task_id, min(max(progress, 0.0), 1.0), None, None)
             return
         await super().update_progress(task_id, progress, *args, **kwargs)
 
@@ -1106,9 +1302,11 @@ class OneItemCommandSplit(ReferenceImplementation):
 class _HexIdStore(SQLiteStore):
     """Gives every new task a uuid4 in hex, without dashes (not the UUID4 text BG-1 states)."""
 
-    def insert_or_get_active(self, record: TaskRecord) -> tuple[TaskRecord, bool]:
+    async def insert_or_get_active(
+        self, record: TaskRecord, lease: Lease
+    ) -> tuple[TaskRecord, bool]:
         record.id = uuid.uuid4().hex
-        return super().insert_or_get_active(record)
+        return await super().insert_or_get_active(record, lease)
 
 
 class TaskIdHexOnly(ReferenceImplementation):
@@ -1170,10 +1368,12 @@ class WrongTargetWithoutTheFix(ReferenceImplementation):
 class _KeepsProgressStore(SQLiteStore):
     """Completing a task does not set its progress to 1.0."""
 
-    def update(self, task_id: str, changes: dict[str, object]) -> None:
+    async def update(
+        self, task_id: str, changes: dict[str, object], lease: Lease, **keep: Any
+    ) -> bool:
         if changes.get("status") == "completed":
             changes = {k: v for k, v in changes.items() if k != "progress"}
-        super().update(task_id, changes)
+        return await super().update(task_id, changes, lease, **keep)
 
 
 class CompletionKeepsProgress(ReferenceImplementation):
@@ -1514,12 +1714,14 @@ class ConfirmWithoutManagerReturnsNone(ReferenceImplementation):
 class _AnswerNotStoredStore(SQLiteStore):
     """An answered question puts the task back to running in memory, not in the row."""
 
-    def update(self, task_id: str, changes: dict[str, object]) -> None:
+    async def update(
+        self, task_id: str, changes: dict[str, object], lease: Lease, **keep: Any
+    ) -> bool:
         if changes.get("status") == "running":
             row = self.get(task_id)
             if row is not None and row.status == "waiting_confirmation":
                 changes = {k: v for k, v in changes.items() if k != "status"}
-        super().update(task_id, changes)
+        return await super().update(task_id, changes, lease, **keep)
 
 
 class AnsweredRowStaysWaiting(ReferenceImplementation):

@@ -14,17 +14,18 @@ import asyncio
 import contextlib
 import logging
 import os
+import sqlite3
 import tempfile
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
 
-from taskbed import PostgresStore, Runtime, SQLiteStore, TaskStore
+from taskbed import Clock, PostgresStore, Runtime, SQLiteStore, TaskStore, WallClock
 
 from ._client import ClientConnection
 from ._fake import HarnessRuntime
-from ._protocol import CAPABILITIES, SANDBOX_VARIABLES, V1_MEMBERS, Adapter, Peer
+from ._protocol import CAPABILITIES, SANDBOX_VARIABLES, V1_MEMBERS, Adapter
 
 __all__ = ("CAPABILITIES", "SANDBOX_VARIABLES")  # still importable from here (protocol v1)
 
@@ -136,6 +137,9 @@ class ReferenceImplementation(Adapter):
     runtime_class: type[Runtime] = Runtime
     #: The store each runtime opens on the instance's file (a seam for broken stores in tests).
     store_class: type[SQLiteStore] = SQLiteStore
+    #: How long (real seconds) a failing store write is retried before its caller hears of it;
+    #: short, so that the write-path rules (store_faults) run fast.
+    retry_for: float = 0.05
 
     def __init__(self, *, postgres: str | None = None) -> None:
         self.postgres = postgres
@@ -144,8 +148,10 @@ class ReferenceImplementation(Adapter):
         self._registered: dict[str, Callable[..., Any]] = {}
         self._modules: dict[str, list[dict[str, Any]]] = {}
         self._abandoned: list[Runtime] = []
-        self._peers: list[ReferencePeer] = []
         self._runtime: Runtime | None = None
+        self._peers: list[ReferenceImplementation] = []
+        self._clock_skew = 0.0
+        self._shares_dir = False  # a peer: the first runtime owns the directory
 
     @property
     def runtime(self) -> Runtime:
@@ -153,21 +159,29 @@ class ReferenceImplementation(Adapter):
             raise RuntimeError("the implementation is not started; await start() first")
         return self._runtime
 
-    def _new_store(self) -> TaskStore:
+    def _new_store(self, clock: Clock | None) -> TaskStore:
         if self.postgres is not None:
             if self._schema is None:
                 self._schema = _create_schema(self.postgres)
-            return PostgresStore(f"{self.postgres} options=-csearch_path={self._schema}")
+            dsn = f"{self.postgres} options=-csearch_path={self._schema}"
+            return PostgresStore(dsn, clock=clock, retry_for=self.retry_for)
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="taskbed-conform-")
-        return self.store_class(os.path.join(self._dir.name, "tasks.db"))
+        return self.store_class(
+            os.path.join(self._dir.name, "tasks.db"), clock=clock, retry_for=self.retry_for
+        )
 
     def _new_runtime(self) -> Runtime:
         clock = None
         with contextlib.suppress(RuntimeError):  # on a virtual loop, timestamps are virtual
             clock = getattr(asyncio.get_running_loop(), "clock", None)
-        store = self._new_store()
-        runtime = self.runtime_class(store=store, clock=clock)
+        # The store's clock decides lease expiry (LEASE-5); on a virtual loop it is virtual.
+        store = self._new_store(clock)
+        runtime_clock: Clock | None = clock
+        if self._clock_skew:
+            base: Clock = clock if clock is not None else WallClock()
+            runtime_clock = _SkewedClock(base, self._clock_skew)
+        runtime = self.runtime_class(store=store, clock=runtime_clock)
         for name, func in self._registered.items():
             runtime.register_task(name, func)
         for name, access in self._modules.items():
@@ -188,12 +202,12 @@ class ReferenceImplementation(Adapter):
         for old in self._abandoned:
             await _discard(old)
         self._abandoned.clear()
-        if self._dir is not None:
+        if self._dir is not None and not self._shares_dir:
             self._dir.cleanup()
-            self._dir = None
-        if self._schema is not None and self.postgres is not None:
+        self._dir = None
+        if self._schema is not None and self.postgres is not None and not self._shares_dir:
             _drop_schema(self.postgres, self._schema)
-            self._schema = None
+        self._schema = None
 
     def request(
         self, *, session: dict[str, Any], module: str, request_id: str | None
@@ -236,12 +250,120 @@ class ReferenceImplementation(Adapter):
         self._runtime = self._new_runtime()
         await self._runtime.start()
 
-    async def peer(self) -> Peer:
+    # ------------------------------------------------------------ leases (specs/leases.md)
+
+    async def peer(self, *, clock_skew: float = 0.0) -> ReferenceImplementation:
+        """A second live runtime on the same store (``peer``), stopped with this one.
+
+        It is a ``Peer`` and more: an implementation of its own, so the lease rules can
+        pause it and read its claim (``leases``).
+
+        *clock_skew*: seconds the peer runtime's clock runs ahead of this one's (its
+        timestamps and its own idea of "now"; the store's clock is shared, as it is for
+        processes on one database).
+        """
         self.runtime  # noqa: B018 - a peer joins a started implementation's store
-        peer = ReferencePeer(self._new_runtime())
-        await peer.runtime.start()
-        self._peers.append(peer)
-        return peer
+        # A subclass may take no arguments: pass the DSN only where there is one.
+        other = type(self)() if self.postgres is None else type(self)(postgres=self.postgres)
+        other._schema = self._schema
+        other._dir = self._dir
+        other._registered = self._registered
+        other._modules = self._modules
+        other._clock_skew = clock_skew
+        other._shares_dir = True
+        await other.start()
+        self._peers.append(other)
+        return other
+
+    async def pause(self) -> None:
+        """Stop the runtime's heartbeat, as SIGSTOP stops its process (``leases``).
+
+        Its tasks stay where they are; the suite's checks park them on events, so nothing
+        of theirs runs until ``resume()``.
+        """
+        manager = self.runtime.manager
+        if manager is not None and manager._heartbeat is not None:
+            manager._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await manager._heartbeat
+            manager._heartbeat = None
+
+    async def resume(self) -> None:
+        """Resume after ``pause()``: the overdue heartbeat runs at once (SIGCONT)."""
+        manager = self.runtime.manager
+        if manager is not None and manager._heartbeat is None and not manager.lost:
+            loop = asyncio.get_running_loop()
+            manager._heartbeat = loop.create_task(manager._keep_lease(first=0.0))
+            await asyncio.sleep(0)
+
+    def lease(self) -> dict[str, Any] | None:
+        """This runtime's claim: ``{"runtime": id, "token": n}``, or None (``leases``)."""
+        manager = self.runtime.manager
+        if manager is None or manager.lease is None or manager.lost:
+            return None
+        return {"runtime": manager.lease.runtime_id, "token": manager.lease.token}
+
+    def lease_lost(self) -> bool:
+        """True once the runtime found that it lost its lease (``leases``)."""
+        return self.runtime.lease_lost
+
+    def leases(self) -> list[dict[str, Any]]:
+        """Every claim the store holds: ``[{"runtime": id, "token": n}]`` (``leases``)."""
+        return [
+            {"runtime": lease.runtime_id, "token": lease.token}
+            for lease in self.runtime.store.leases()
+        ]
+
+    # ------------------------------------------------------------ store faults
+
+    def break_store(self) -> None:
+        """From now on every store write fails with a disk I/O error (``store_faults``)."""
+        store = self.runtime.store
+        if isinstance(store, PostgresStore):
+            store.inject_fault(OSError(5, "could not write block: Input/output error"))
+            return
+        self._store().inject_fault(sqlite3.OperationalError("disk I/O error"))
+
+    def heal_store(self) -> None:
+        """The fault clears (``store_faults``)."""
+        store = self.runtime.store
+        if isinstance(store, PostgresStore):
+            store.inject_fault(None)
+            return
+        self._store().inject_fault(None)
+
+    @contextlib.asynccontextmanager
+    async def lock_store(self) -> AsyncIterator[None]:
+        """Hold the store's write lock from outside for the block (``store_faults``)."""
+        store = self.runtime.store
+        if isinstance(store, PostgresStore):
+            async with _locked_tables(store.dsn):
+                yield
+            return
+        other = sqlite3.connect(self._store().path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            yield
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+
+    def _store(self) -> SQLiteStore:
+        store = self.runtime.store
+        if not isinstance(store, SQLiteStore):  # pragma: no cover - a wiring error
+            raise TypeError("store_faults needs the reference SQLiteStore")
+        return store
+
+
+class _SkewedClock:
+    """A runtime clock *skew* seconds ahead of *base*."""
+
+    def __init__(self, base: Clock, skew: float) -> None:
+        self._base = base
+        self._skew = skew
+
+    def now(self) -> float:
+        return self._base.now() + self._skew
 
 
 class FakeImplementation(ReferenceImplementation):
@@ -274,9 +396,28 @@ async def _discard(runtime: Runtime) -> None:
                     local.task.cancel()
                     with contextlib.suppress(BaseException):
                         await local.task
+            # Its writes failed against the closed store: nothing is left to retry.
+            for task in (manager._retrier, *manager._background):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
         runtime.pool.shutdown()
     finally:
         logger.disabled = previous
+
+
+@contextlib.asynccontextmanager
+async def _locked_tables(dsn: str) -> AsyncIterator[None]:
+    """Another session holds the task and lease tables against writes (reads go on)."""
+    import psycopg  # noqa: PLC0415 - only conformance runs on PostgreSQL need it
+
+    with psycopg.connect(dsn) as other:
+        other.execute("LOCK TABLE taskbed_tasks, taskbed_leases IN EXCLUSIVE MODE")
+        try:
+            yield
+        finally:
+            other.rollback()
 
 
 def _create_schema(dsn: str) -> str:

@@ -238,6 +238,9 @@ class RuntimeView:
         self.adapter = adapter
         self._owners = _Owners()
         self._track = not overrides(adapter, "wait")
+        #: True when the adapter has no ``wait`` and the suite's polling stands in for it
+        #: (a rule about the implementation's own ``wait`` then has nothing to judge).
+        self.waits_by_polling = self._track
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.adapter, name)
@@ -258,8 +261,8 @@ class RuntimeView:
     def register_module(self, name: str, access: list[dict[str, Any]]) -> None:
         self.adapter.register_module(name, self.adapter.access(access))
 
-    async def peer(self) -> Any:
-        return _PeerView(await self.adapter.peer(), self)
+    async def peer(self, **options: Any) -> Any:
+        return _PeerView(await self.adapter.peer(**options), self)
 
     async def wait(self, task_id: Any, timeout: float | None = None) -> dict[str, Any]:
         if not self._track:

@@ -63,11 +63,11 @@ class FakeTaskManager(TaskManager):
 
     # ------------------------------------------------------------ submission
 
-    def submit(self, work: Work, **kwargs: Any) -> str:
+    async def submit(self, work: Work, **kwargs: Any) -> str:
         failure = self._next_failures.popleft() if self._next_failures else None
         if failure is not None:
             work = _failing(work, failure)
-        task_id = super().submit(work, **kwargs)
+        task_id = await super().submit(work, **kwargs)
         deduplicated = task_id in self._submitted or task_id not in self._local
         if deduplicated and failure is not None:
             self._next_failures.appendleft(failure)  # meant for the next *new* task

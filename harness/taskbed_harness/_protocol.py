@@ -51,6 +51,15 @@ CAPABILITIES: Mapping[str, str] = {
     "processes": "run_subprocess starts real OS processes (POSIX: sh, echo, sleep, env)",
     "restart": "restart(crash=...) replaces the runtime by a new one over the same store",
     "peer": "peer() starts a second live runtime on the same store, beside the first",
+    "leases": (
+        "pause() and resume() stop and restart the runtime as SIGSTOP/SIGCONT would; "
+        "lease(), lease_lost() and leases() tell the claims on the store; peer() takes "
+        "clock_skew= and its peer offers the same (specs/leases.md)"
+    ),
+    "store_faults": (
+        "break_store() makes every store write fail (an I/O error), heal_store() ends it; "
+        "lock_store() holds the store's write lock from outside (specs/leases.md)"
+    ),
 }
 
 #: The reference's sandbox variable names; an adapter maps them to its implementation's names.

@@ -15,11 +15,13 @@ from ._errors import InvalidProgressError as InvalidProgressError
 from ._errors import InvalidSubmissionError as InvalidSubmissionError
 from ._errors import InvalidTaskKeyError as InvalidTaskKeyError
 from ._errors import InvalidTokenError as InvalidTokenError
+from ._errors import LeaseLostError as LeaseLostError
 from ._errors import LifecycleError as LifecycleError
 from ._errors import ManagerNotInitializedError as ManagerNotInitializedError
 from ._errors import MissingUserError as MissingUserError
 from ._errors import NotSerializableError as NotSerializableError
 from ._errors import SandboxViolationError as SandboxViolationError
+from ._errors import StoreWriteError as StoreWriteError
 from ._errors import TaskbedError as TaskbedError
 from ._errors import TaskKeyRefusedError as TaskKeyRefusedError
 from ._errors import UnknownTaskError as UnknownTaskError
@@ -82,6 +84,7 @@ __all__ = (
     "InvalidTaskKeyError",
     "InvalidTokenError",
     "Lease",
+    "LeaseLostError",
     "LifecycleError",
     "ManagerNotInitializedError",
     "Media",
@@ -100,6 +103,7 @@ __all__ = (
     "Runtime",
     "SQLiteStore",
     "SandboxViolationError",
+    "StoreWriteError",
     "TaskEvent",
     "TaskKeyRefusedError",
     "TaskManager",

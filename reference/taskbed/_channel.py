@@ -140,7 +140,7 @@ class ConnectionRegistry:
         """Receive the messages other hosts send to owners connected here (if they can)."""
         if self._broadcast is not None and self._listening is None:
             self._listening = await self._broadcast.listen(
-                self._deliver_remote, self._command_remote
+                self._deliver_remote, self._command_remote, self.deliver_kept
             )
 
     async def stop(self) -> None:
@@ -198,6 +198,13 @@ class ConnectionRegistry:
         for message in kept:
             conn.deliver(message)
         return conn
+
+    def deliver_kept(self, owner: Owner) -> None:
+        conns = self._by_owner.get(self._slot(owner))
+        if conns:
+            for message in self.store.drain(owner):
+                for conn in list(conns):
+                    conn.deliver(message)
 
     def disconnect(self, conn: Connection) -> None:
         slot = self._slot(conn.owner)

@@ -89,3 +89,17 @@ class SandboxViolationError(TaskbedError, PermissionError):
 
 class LifecycleError(TaskbedError, RuntimeError):
     """A status change that the lifecycle table does not allow (an internal invariant)."""
+
+
+class LeaseLostError(TaskbedError, RuntimeError):
+    """This runtime's lease on a shared store was lost: another runtime recovered its tasks.
+
+    It happens when the runtime could not renew its lease for longer than ``lease_seconds``
+    (its process was paused, its event loop blocked, the store unreachable). The runtime
+    has cancelled its tasks and writes nothing more; start a new ``Runtime``.
+    """
+
+
+class StoreWriteError(TaskbedError, RuntimeError):
+    """The task store could not be written within its retry window (I/O error, full disk,
+    a lock held elsewhere). The change it carried was not made."""

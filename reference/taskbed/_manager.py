@@ -14,14 +14,13 @@ import dataclasses
 import logging
 import math
 import os
-import socket
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from ._channel import Connection
 from ._context import RequestContext, set_request
-from ._errors import UnknownTaskError, see
+from ._errors import LeaseLostError, StoreWriteError, UnknownTaskError, see
 from ._lifecycle import ACTIVE, TERMINAL, TaskEvent, TaskStatus, transition
 from ._model import (
     Message,
@@ -38,8 +37,6 @@ from ._ports import ClientChannel, Clock, Lease, TaskStore
 
 log = logging.getLogger("taskbed")
 
-HOST = socket.gethostname()
-
 #: The ``error`` of tasks that recovery found orphaned.
 RESTARTED_ERROR = (
     "interrupted: the runtime that ran this task stopped unexpectedly (crash or restart); "
@@ -47,6 +44,7 @@ RESTARTED_ERROR = (
 )
 CANCELLED_ERROR = "interrupted: cancelled"
 STOPPED_ERROR = "interrupted: the runtime stopped"
+LOST_ERROR = "interrupted: the runtime lost its lease on the store"
 
 #: Result types that JSON stores exactly as they are: no check, no round trip needed.
 _JSON_AS_IS: frozenset[type] = frozenset({type(None), bool, str})
@@ -143,16 +141,6 @@ def same_owner(a: Owner, b: Owner) -> bool:
     )
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class TaskManager:
     """Runs tasks for one runtime instance over a store that may be shared with others."""
 
@@ -174,43 +162,107 @@ class TaskManager:
         #: names no task (see ``handle_client_message``).
         self._decoy = _NO_TASK_ID
         self._heartbeat: asyncio.Task[None] | None = None
+        #: This runtime's claim on the store; every write of a task's state carries it.
+        self.lease: Lease | None = None
+        #: True once the store said the lease is gone (LEASE-4): this runtime is fenced off.
+        self.lost = False
+        #: Task ends the store could not record yet: retried until it can (LEASE-8).
+        self._unstored: dict[str, tuple[TaskRecord, dict[str, object], StoreWriteError]] = {}
+        self._retrier: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------ life of the manager
 
-    def _lease(self) -> Lease:
-        ttl = self.lease_seconds if self.store.shared else math.inf
-        return Lease(self.runtime_id, self.clock.now() + ttl, HOST, os.getpid())
+    @property
+    def _ttl(self) -> float:
+        return self.lease_seconds if self.store.shared else math.inf
 
     async def start(self) -> None:
         """Take a lease, recover the tasks of runtimes that are gone, keep the lease fresh."""
-        self.store.heartbeat(self._lease())
-        self.recover()
+        self.lease = await self.store.acquire(self.runtime_id, self._ttl)
+        await self.recover()
         if self.store.shared:
             self._heartbeat = asyncio.get_running_loop().create_task(self._keep_lease())
 
-    async def _keep_lease(self) -> None:
-        while True:
-            await asyncio.sleep(self.lease_seconds / 3)
-            try:
-                self.store.heartbeat(self._lease())
-                self.recover()
-            except Exception:
-                log.exception("taskbed: could not refresh the runtime lease")
+    async def _keep_lease(self, first: float | None = None) -> None:
+        """The heartbeat: renew the lease every third of ``lease_seconds``, then recover.
 
-    def recover(self) -> list[TaskRecord]:
+        *first*: the delay before the first renewal (a resumed process's overdue timer: 0).
+        """
+        delay = self.lease_seconds / 3 if first is None else first
+        while True:
+            await asyncio.sleep(delay)
+            delay = self.lease_seconds / 3
+            try:
+                renewed = await self.store.renew(self._claim(), self._ttl)
+            except StoreWriteError as exc:
+                # The store failed (a disk fault, a lock held too long). The lease may still
+                # be valid: try again next period; the store says when it is lost.
+                log.warning(
+                    "taskbed: runtime %s could not renew its lease: %s", self.runtime_id, exc
+                )
+                continue
+            except Exception:
+                log.exception("taskbed: could not renew the lease of runtime %s", self.runtime_id)
+                continue
+            if renewed is None:
+                self._lose()
+                return
+            self.lease = renewed
+            try:
+                await self.recover()
+                await self._store_unstored()
+            except StoreWriteError as exc:
+                log.warning("taskbed: recovery could not write; tried again next period: %s", exc)
+            except Exception:
+                log.exception("taskbed: recovery failed; it is tried again next period")
+
+    def _claim(self) -> Lease:
+        """The lease this runtime writes under; raises once it is lost (LEASE-4)."""
+        lease = self.lease
+        if lease is None or self.lost:
+            raise LeaseLostError(
+                f"runtime {self.runtime_id} lost its lease on the task store (it was not "
+                f"renewed within lease_seconds={self.lease_seconds:g}) and another runtime "
+                "recovered its tasks; it writes nothing more: start a new Runtime "
+                + see("leases", "LEASE-4")
+            )
+        return lease
+
+    def _lose(self) -> None:
+        """The store says the lease is gone: stop every task, write and publish nothing more.
+
+        The tasks are cancelled, so each stops at its next ``await`` (prior art: Temporal
+        cancels an activity whose heartbeat the server rejects). Their last writes are fenced
+        off by the store. The runtime reports itself: an error in the log, ``lost`` set, and
+        ``LeaseLostError`` from every later submission.
+        """
+        if self.lost:
+            return
+        self.lost = True
+        log.error(
+            "taskbed: runtime %s lost its lease on the task store (paused, blocked or cut off "
+            "for longer than lease_seconds=%g); another runtime recovered its tasks. It cancels "
+            "the %d tasks it ran and writes nothing more; start a new Runtime.",
+            self.runtime_id, self.lease_seconds, len(self._local),
+        )  # fmt: skip
+        for local in list(self._local.values()):
+            local.interrupt_error = LOST_ERROR
+            if local.task is not None and not local.task.done():
+                local.task.cancel()
+            if local.confirmation is not None:
+                local.confirmation[0].cancel()
+        self._unstored.clear()  # the store holds what recovery wrote: nothing to retry
+        if self._heartbeat is not None and self._heartbeat is not asyncio.current_task():
+            self._heartbeat.cancel()
+
+    async def recover(self) -> list[TaskRecord]:
         """Interrupt the active tasks of runtimes that are gone (REC).
 
-        A runtime is gone when its lease expired, or when it ran on this host and its process
-        no longer exists. Tasks of live runtimes are never touched.
+        A runtime is gone when its lease expired on the store's clock (LEASE-5); tasks of
+        live runtimes are never touched.
         """
-        now = self.clock.now()
-        dead = [
-            lease.runtime_id
-            for lease in self.store.leases()
-            if lease.runtime_id != self.runtime_id
-            and (lease.expires_at < now or (lease.host == HOST and not _pid_alive(lease.pid)))
-        ]
-        orphans = self.store.interrupt_orphans(dead, now, RESTARTED_ERROR)
+        orphans = await self.store.interrupt_orphans(self.clock.now(), RESTARTED_ERROR)
         for row in orphans:
             self.channel.publish(row.owner, outcome_message(row), durable=True)
         return orphans
@@ -229,11 +281,40 @@ class TaskManager:
                 running.append(local.task)
         if running:
             await asyncio.gather(*running, return_exceptions=True)
-        self.store.release(self.runtime_id)
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self._unstored:
+            with contextlib.suppress(Exception):
+                await self._store_unstored()
+        if self._retrier is not None:
+            self._retrier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retrier
+        if self.lost or self.lease is None:
+            return
+        if self._unstored:
+            # The store does not hold these tasks' ends. Keep the lease: it runs out, and
+            # recovery then interrupts them, so the store's rows end what they say.
+            log.error(
+                "taskbed: runtime %s stops with %d task outcomes the store could not record; "
+                "they end interrupted once its lease runs out",
+                self.runtime_id, len(self._unstored),
+            )  # fmt: skip
+            return
+        try:
+            await self.store.release(self.lease)
+        except StoreWriteError:
+            log.exception("taskbed: could not release the lease; it runs out by itself")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run *coro* in the background; ``stop()`` waits for it."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # ------------------------------------------------------------ submission
 
-    def submit(
+    async def submit(
         self,
         work: Work,
         *,
@@ -246,7 +327,12 @@ class TaskManager:
     ) -> str:
         """Create the task (or find the active one holding *task_key*) and schedule its run.
 
-        Atomic: no ``await`` between the dedup decision and the task being scheduled.
+        Atomic: the store decides dedup in one step, and there is no ``await`` between its
+        answer and the task being scheduled.
+
+        Raises:
+            LeaseLostError: this runtime lost its lease; it creates nothing more.
+            StoreWriteError: the store could not be written; nothing was created.
         """
         now = self.clock.now()
         # Positional, in TaskRecord's field order: half the cost of 14 keywords.
@@ -267,7 +353,17 @@ class TaskManager:
             self.runtime_id,  # runner_id
         )
         try:
-            stored, created = self.store.insert_or_get_active(record)
+            lease = self._claim()
+            try:
+                stored, created = await self.store.insert_or_get_active(record, lease)
+            except asyncio.CancelledError:
+                # The store may still make the insert: end that task, after it (a caller's
+                # writes are made in order), so that no row is left pending with nobody to run it.
+                self._spawn(self._abandon(record, lease))
+                raise
+            except LeaseLostError:
+                self._lose()
+                raise
             if not created:
                 work.discard()
                 return stored.id
@@ -292,6 +388,12 @@ class TaskManager:
             self.channel.publish(owner, started_message(record), durable=False)
         return record.id
 
+    async def _abandon(self, record: TaskRecord, lease: Lease) -> None:
+        now = self.clock.now()
+        changes = {"status": "interrupted", "error": CANCELLED_ERROR, "updated_at": now}
+        with contextlib.suppress(Exception):
+            await self.store.update(record.id, changes, lease)
+
     async def _run(self, local: _Local, work: Work) -> None:
         record = local.record
         started = False
@@ -303,20 +405,21 @@ class TaskManager:
             held = self._admit(record)
             if held is not None:
                 await held
-            self._change(record, TaskEvent.START)
+            if not await self._change(record, TaskEvent.START):
+                return  # fenced off: recovery took the task (LEASE-3); _lose cancels the rest
             started = True
             result = await work.start()
             if type(result) not in _JSON_AS_IS:  # None, bool, str survive the round trip as is
                 result = json_copy(result, "the task's result", "BG-5")
         except asyncio.CancelledError:
-            self._finish(record, TaskEvent.INTERRUPT, error=local.interrupt_error)
+            await self._finish(record, TaskEvent.INTERRUPT, error=local.interrupt_error)
         except Exception as exc:  # noqa: BLE001 - the task failed; the runtime carries on (BG-6)
-            self._finish(record, TaskEvent.FAIL, error=str(exc) or type(exc).__name__)
+            await self._finish(record, TaskEvent.FAIL, error=str(exc) or type(exc).__name__)
         except BaseException as exc:  # KeyboardInterrupt, SystemExit: record, then let it go
-            self._finish(record, TaskEvent.FAIL, error=str(exc) or type(exc).__name__)
+            await self._finish(record, TaskEvent.FAIL, error=str(exc) or type(exc).__name__)
             raise
         else:
-            self._finish(record, TaskEvent.COMPLETE, result=result, progress=1.0)
+            await self._finish(record, TaskEvent.COMPLETE, result=result, progress=1.0)
         finally:
             if not started:  # held, failed or cancelled before its work began
                 work.discard()
@@ -333,13 +436,27 @@ class TaskManager:
         """A task cancelled before its first step never enters ``_run``'s body: end it here."""
         if local.record.status == TaskStatus.PENDING:
             work.discard()
-            self._finish(local.record, TaskEvent.INTERRUPT, error=local.interrupt_error)
             self._local.pop(local.record.id, None)
+            ended = self._finish(local.record, TaskEvent.INTERRUPT, error=local.interrupt_error)
+            self._spawn(ended)
 
     # ------------------------------------------------------------ status changes
 
-    def _change(self, record: TaskRecord, event: TaskEvent, **fields: Any) -> None:
-        """The one place a task's status changes: the table first, then memory, then store."""
+    async def _change(self, record: TaskRecord, event: TaskEvent, **fields: Any) -> bool:
+        """The one place a task's status changes: the table first, then memory, then store.
+
+        Returns whether the store made the change. False: the write matched nothing, so the
+        task was taken from this runtime (LEASE-3) and nothing about it may be published.
+
+        Raises:
+            StoreWriteError: the store could not be written (the change is not stored).
+        """
+        return await self._write(record, self._apply(record, event, fields))
+
+    def _apply(
+        self, record: TaskRecord, event: TaskEvent, fields: dict[str, Any]
+    ) -> dict[str, object]:
+        """Move the in-memory record by *event*; the changes the store must make."""
         status = transition(record.id, record.status, event)
         record.status = _PLAIN[status]
         record.updated_at = now = self.clock.now()
@@ -348,14 +465,74 @@ class TaskManager:
             for name, value in fields.items():
                 setattr(record, name, value)
             changes.update(fields)
-        try:
-            self.store.update(record.id, changes)
-        except Exception:
-            log.exception("taskbed: could not store %s of task %s", event.value, record.id)
+        return changes
 
-    def _finish(self, record: TaskRecord, event: TaskEvent, **fields: Any) -> None:
-        self._change(record, event, **fields)
-        self.channel.publish(record.owner, outcome_message(record), durable=True)
+    async def _write(
+        self, record: TaskRecord, changes: dict[str, object], *, keep: bool = False
+    ) -> bool:
+        """A fenced write of a task's row; a write that matched nothing loses the lease.
+
+        *keep*: the write ends the task; its outcome is published once the store holds it,
+        and for an owner who is offline it is kept in the same transaction.
+        """
+        if self.lost:
+            return False
+        owner = record.owner
+        message = outcome_message(record) if keep else None
+        kept = (owner, message) if message is not None and not self._online(owner) else None
+        if not await self.store.update(record.id, changes, self._claim(), keep=kept):
+            if record.id in self._local and record.runner_id == self.runtime_id:
+                self._lose()  # our own active task, taken: only recovery does that
+            return False
+        if message is not None:
+            if kept is None:
+                self.channel.publish(owner, message, durable=True)
+            elif self._online(owner):  # connected while it was written: deliver it now
+                self.channel.deliver_kept(owner)
+        return True
+
+    def _online(self, owner: Owner) -> bool:
+        return self.channel.wants(owner, durable=False)
+
+    async def _finish(self, record: TaskRecord, event: TaskEvent, **fields: Any) -> None:
+        """End a task: store its end; its outcome is published only if the store holds it."""
+        changes = self._apply(record, event, fields)
+        try:
+            await self._write(record, changes, keep=True)
+        except StoreWriteError as exc:
+            self._keep_unstored(record, changes, exc)
+
+    # ------------------------------------------------------------ the durable write path
+
+    def _keep_unstored(
+        self, record: TaskRecord, changes: dict[str, object], exc: StoreWriteError
+    ) -> None:
+        """Keep a task end the store refused, and retry it until it is stored (LEASE-8)."""
+        log.error("taskbed: task %s ended %s but %s", record.id, record.status, exc)
+        self._unstored[record.id] = (record, changes, exc)
+        if self._retrier is None or self._retrier.done():
+            self._retrier = asyncio.get_running_loop().create_task(self._retry_unstored())
+
+    async def _retry_unstored(self) -> None:
+        delay = 0.1
+        while self._unstored and not self.lost:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max(self.lease_seconds / 3, 0.1))
+            await self._store_unstored()
+
+    async def _store_unstored(self) -> None:
+        """Try to store each kept task end once; publish the outcome of those stored."""
+        for task_id, (record, changes, _) in list(self._unstored.items()):
+            try:
+                stored = await self._write(record, changes, keep=True)
+            except StoreWriteError as exc:
+                self._unstored[task_id] = (record, changes, exc)
+                continue
+            except LeaseLostError:
+                return
+            self._unstored.pop(task_id, None)
+            if stored:
+                log.info("taskbed: task %s: its end is stored now", task_id)
 
     def _record(self, task_id: object) -> TaskRecord | None:
         if not isinstance(task_id, str):
@@ -367,20 +544,30 @@ class TaskManager:
 
     # ------------------------------------------------------------ progress
 
-    def update_progress(
+    async def update_progress(
         self, task_id: str, progress: float, checkpoint: dict[str, Any] | None, label: str | None
     ) -> None:
+        """Store a task's progress, then push it; nothing is pushed unless it was stored.
+
+        Raises:
+            StoreWriteError: the store could not be written (LEASE-7); nothing changed.
+        """
         record = self._record(task_id)
         if record is None or record.status in TERMINAL:
             return
-        record.progress = progress
-        record.updated_at = self.clock.now()
-        changes: dict[str, object] = {"progress": progress, "updated_at": record.updated_at}
+        now = self.clock.now()
+        changes: dict[str, object] = {"progress": progress, "updated_at": now}
         if checkpoint is not None:
-            record.checkpoint = changes["checkpoint"] = checkpoint
+            changes["checkpoint"] = checkpoint
         if label is not None:
-            record.label = changes["label"] = label
-        self.store.update(record.id, changes)
+            changes["label"] = label
+        if not await self._write(record, changes):
+            return  # fenced off (LEASE-3), or the task ended meanwhile
+        record.progress, record.updated_at = progress, now
+        if checkpoint is not None:
+            record.checkpoint = checkpoint
+        if label is not None:
+            record.label = label
         owner = record.owner
         if not self.channel.wants(owner, durable=False):  # no connection: no message to build
             return
@@ -397,7 +584,7 @@ class TaskManager:
         self, task_id: str, progress: float | None, label: str | None, *, checkpoint: bool
     ) -> None:
         record = self._record(task_id)
-        if record is None or record.status in TERMINAL:
+        if record is None or record.status in TERMINAL or self.lost:
             return
         owner = record.owner
         if not self.channel.wants(owner, durable=False):  # no connection: no message to build
@@ -420,7 +607,15 @@ class TaskManager:
                 f"no task with id {task_id!r}; pass the id run_background returned "
                 + see("confirmation", "CONF-3")
             )
-        self._change(record, TaskEvent.ASK)  # first: a refused ASK leaves no _Local behind
+        # First: a refused ASK leaves no _Local behind.
+        if not await self._change(record, TaskEvent.ASK):
+            if self.lost:
+                self._claim()  # raises LeaseLostError
+            raise UnknownTaskError(
+                f"task {task_id!r} is not run by this runtime (its row is terminal or claimed "
+                "by another runtime); only the runtime that runs a task may ask its owner "
+                + see("confirmation", "CONF-3")
+            )
         local = self._local.get(task_id) or self._local.setdefault(task_id, _Local(record))
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         local.confirmation = (waiter, components)
@@ -429,10 +624,10 @@ class TaskManager:
             return await waiter
         finally:
             local.confirmation = None
-            if record.status == TaskStatus.WAITING_CONFIRMATION:
+            if record.status == TaskStatus.WAITING_CONFIRMATION and not self.lost:
                 # No answer came (a wait_for timeout, a cancellation): the question is
                 # withdrawn, so the task is running again and may complete (BG-11).
-                self._change(record, TaskEvent.WITHDRAW)
+                await self._change(record, TaskEvent.WITHDRAW)
             if local.task is None:  # a task of another runtime: we only held its confirmation
                 self._local.pop(task_id, None)
 
@@ -473,9 +668,10 @@ class TaskManager:
             if local is None or local.confirmation is None:
                 return  # nothing is waiting for an answer
             waiter, _ = local.confirmation
-            if not waiter.done():
-                self._change(record, TaskEvent.ANSWER)
-                waiter.set_result(body.get("response"))
+            if not waiter.done() and record.status == TaskStatus.WAITING_CONFIRMATION:
+                answered = await self._change(record, TaskEvent.ANSWER)
+                if answered and not waiter.done():
+                    waiter.set_result(body.get("response"))
 
     @staticmethod
     def _snapshot(record: TaskRecord, local: _Local | None) -> Message:
@@ -495,6 +691,14 @@ class TaskManager:
                 raise UnknownTaskError(f"no task with id {task_id!r}")
             if record.status not in ACTIVE:
                 return record
+            unstored = self._unstored.get(task_id)
+            if unstored is not None:  # LEASE-7: never wait for a write that cannot be made
+                ended, _, exc = unstored
+                raise StoreWriteError(
+                    f"task {task_id} ended {ended.status!r}, but the store could not record "
+                    f"it ({exc}); the runtime keeps retrying and sends the outcome once it is "
+                    "stored " + see("leases", "LEASE-8")
+                )
             # A task of another runtime on a shared store: poll, backing off to max_poll so a
             # long wait costs few reads (and little work on a virtual clock).
             await asyncio.sleep(poll)

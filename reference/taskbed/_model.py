@@ -48,6 +48,8 @@ class TaskRecord:
     created_at: float
     updated_at: float
     runner_id: str | None = None
+    #: The fencing token of the lease the task was claimed under (see ``Lease.token``).
+    runner_token: int | None = None
 
     @property
     def owner(self) -> Owner:

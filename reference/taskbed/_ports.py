@@ -10,7 +10,7 @@ needs a shortcut is a sign that a port grew too big.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from ._model import Message, Owner, TaskRecord
@@ -31,39 +31,117 @@ class WallClock:
 
 
 class Lease(NamedTuple):
-    """A runtime's claim that it is alive and runs the tasks whose ``runner_id`` it holds."""
+    """A runtime's claim on the store: it is alive and runs the tasks it claimed with *token*.
+
+    Attributes:
+        runtime_id: the runtime instance (a random id; one per task manager).
+        token: the fencing token, greater than every token the store issued before. The
+            tasks a runtime creates carry it (``TaskRecord.runner_token``), and every write
+            of their state is conditional on it.
+        expires_at: when the lease runs out, on the *store's* clock (never a runtime's).
+    """
 
     runtime_id: str
+    token: int
     expires_at: float
-    host: str
-    pid: int
 
 
 @runtime_checkable
 class TaskStore(Protocol):
-    """Persisted task rows, the offline message queue and runtime leases.
+    """Persisted task rows, the offline message queue and fenced runtime leases.
 
-    Every method is synchronous and atomic: there is no ``await`` between a check and the write
-    that depends on it, and a store shared between processes uses a transaction. Queries return
-    rows newest first. A terminal row never changes status again, whatever ``update`` is given.
+    Reads are synchronous and never wait for a write lock. Writes are coroutines: a store
+    may hand them to a writer thread (SQLite, with group commit) or a server (PostgreSQL),
+    and never blocks the event loop on them. Every write is atomic: there is no ``await``
+    between a check and the write that depends on it inside the store (a store shared
+    between processes uses a transaction). Queries return rows newest first.
+
+    Fencing (specs/leases.md): a runtime first calls ``acquire`` for a lease, which carries a
+    fencing token that only grows. ``insert_or_get_active`` and ``update`` take that lease and are
+    conditional on it: they change nothing when the lease is no longer held by the store,
+    or when the row was claimed under another (runtime, token). A lease is only ever
+    refreshed by ``renew``, which never re-creates one that recovery removed. Liveness is the
+    lease alone, on the store's clock; no process id or host name decides.
+
+    Durability: a transaction that fails (I/O error, full disk, a lock held elsewhere) loses
+    none of the writes it carried; the store keeps and retries them. A write that cannot be
+    made within the store's retry window raises :class:`~taskbed.StoreWriteError` to its
+    caller, and then it is not made. ``enqueue`` has no caller to raise to: its message is
+    kept and retried until it is written or the store is closed.
     """
 
     #: True when other processes may open the same store (a SQLite file): then leases are
     #: refreshed by a heartbeat and recovery looks for runtimes that are gone.
     shared: bool
 
-    def insert_or_get_active(self, record: TaskRecord) -> tuple[TaskRecord, bool]:
-        """Insert *record*, unless its ``task_key`` is held by an active task of its organization.
+    # ------------------------------------------------------------ leases and recovery
 
-        Returns ``(record, True)`` when inserted, ``(holder, False)`` with the active task that
-        holds the key otherwise. The check and the insert are one atomic step (DEDUP).
+    async def acquire(self, runtime_id: str, ttl: float) -> Lease:
+        """A new lease for *runtime_id*, with a fresh token, expiring *ttl* seconds from now."""
+        ...
+
+    async def renew(self, lease: Lease, ttl: float) -> Lease | None:
+        """Extend *lease* to *ttl* seconds from now, or return None when it is lost.
+
+        Lost: recovery removed it (it had expired and another runtime swept it). A lost
+        lease is never re-created; its holder must stop (LEASE-4).
+        """
+        ...
+
+    async def release(self, lease: Lease) -> None:
+        """Drop *lease* (its runtime stopped cleanly); nothing if it is already gone."""
+        ...
+
+    def leases(self) -> list[Lease]: ...
+
+    async def interrupt_orphans(self, now: float, error: str) -> list[TaskRecord]:
+        """Drop the leases expired on the store's clock, and interrupt the orphans.
+
+        An orphan is an active task whose ``(runner_id, runner_token)`` holds no lease. One
+        atomic step; returns the rows it interrupted, with *error* and ``updated_at = now``
+        (*now* is only a timestamp, from the caller's clock: expiry uses the store's).
+        """
+        ...
+
+    # ------------------------------------------------------------ rows
+
+    async def insert_or_get_active(
+        self, record: TaskRecord, lease: Lease
+    ) -> tuple[TaskRecord, bool]:
+        """Insert *record*, claimed by *lease*, unless its key is held by an active task.
+
+        The stored row's ``runner_id``/``runner_token`` are the lease's. Returns
+        ``(record, True)`` when inserted, ``(holder, False)`` with the active task that holds
+        the key otherwise. The check and the insert are one atomic step (DEDUP).
+
+        Raises:
+            LeaseLostError: *lease* is no longer held; nothing was inserted.
+            StoreWriteError: the store could not be written within its retry window.
         """
         ...
 
     def get(self, task_id: str) -> TaskRecord | None: ...
 
-    def update(self, task_id: str, changes: dict[str, object]) -> None:
-        """Apply *changes* (snake_case field names) unless the row is terminal."""
+    async def update(
+        self,
+        task_id: str,
+        changes: dict[str, object],
+        lease: Lease,
+        *,
+        keep: tuple[Owner, Message] | None = None,
+    ) -> bool:
+        """Apply *changes* (snake_case fields) to an active row claimed by *lease*.
+
+        Returns True when the row changed; False when the write matched nothing: the row
+        is unknown or terminal, was claimed under another lease, or *lease* is no longer
+        held. A terminal row never changes again. *keep* is a message for an offline owner,
+        kept (as ``enqueue`` keeps it) in the same transaction, only if the row changed: a
+        crash can never keep a "completed" whose row is not completed, nor lose it.
+        Writes of one store object are made in the order they were called.
+
+        Raises:
+            StoreWriteError: the store could not be written within its retry window.
+        """
         ...
 
     def find_by_key(self, task_key: str, organization_id: object) -> list[TaskRecord]: ...
@@ -72,33 +150,19 @@ class TaskStore(Protocol):
 
     def find_by_user(self, user_id: object, organization_id: object) -> list[TaskRecord]: ...
 
+    # ------------------------------------------------------------ offline queue
+
     def enqueue(self, owner: Owner, message: Message) -> None:
         """Keep a message for an owner who is offline, after those already kept."""
         ...
 
     def drain(self, owner: Owner) -> list[Message]:
-        """Remove and return an owner's kept messages, oldest first."""
+        """Remove and return an owner's kept messages, oldest first (without waiting)."""
         ...
 
-    def heartbeat(self, lease: Lease) -> None:
-        """Create or refresh a runtime's lease."""
+    def close(self) -> None:
+        """Write what is kept (waiting for it, off any event loop) and release resources."""
         ...
-
-    def leases(self) -> list[Lease]: ...
-
-    def interrupt_orphans(self, dead: Collection[str], now: float, error: str) -> list[TaskRecord]:
-        """Drop the *dead* leases and interrupt every active task whose runner has no lease.
-
-        One atomic step, so a runtime that registers its lease and then inserts a task can never
-        have that task taken for an orphan. Returns the rows it interrupted.
-        """
-        ...
-
-    def release(self, runtime_id: str) -> None:
-        """Drop a runtime's lease (it stopped cleanly)."""
-        ...
-
-    def close(self) -> None: ...
 
 
 class Listening(Protocol):
@@ -145,9 +209,11 @@ class Broadcaster(Protocol):
         self,
         deliver: Callable[[Owner, Message, bool], None],
         command: Callable[[Owner, str, dict[str, Any]], None] | None = None,
+        kept: Callable[[Owner], None] | None = None,
     ) -> Listening:
         """Call ``deliver(owner, message, durable)`` for each message other hosts send,
-        and ``command(owner, name, body)`` for each client command they forward."""
+        ``command(owner, name, body)`` for each client command they forward, and
+        ``kept(owner)`` when any host kept a message for *owner* (who may be here now)."""
         ...
 
 
@@ -157,6 +223,14 @@ class ClientChannel(Protocol):
 
     def publish(self, owner: Owner, message: Message, *, durable: bool) -> None:
         """Deliver to every connection of *owner*; keep it for later if *durable* and offline."""
+        ...
+
+    def deliver_kept(self, owner: Owner) -> None:
+        """Deliver what the store keeps for *owner* to its open connections, now.
+
+        For a message kept with a task's end (``TaskStore.update(..., keep=...)``) for an
+        owner who connected while that end was being written.
+        """
         ...
 
     def wants(self, owner: Owner, *, durable: bool) -> bool:

@@ -8,19 +8,30 @@ Theory of operation
 * **Dedup** is the database's job, as in SQLite: a partial unique index over
   ``(org_scope, task_key)`` of active rows and ``INSERT ... ON CONFLICT DO NOTHING RETURNING``.
   Under READ COMMITTED a second insert of a held key waits for the first transaction, then
-  does nothing; the holder is read in a fresh snapshot by the next statement.
-* **Write-behind**, as in SQLite: status changes, progress and messages are buffered and
-  written in one transaction at the end of the event-loop iteration (or before the next
-  insert or read), so one completed task costs one commit.
-* **Messages across hosts.** The state change and the message that reports it leave in the
-  same transaction: the message is ``pg_notify``'d there (PostgreSQL delivers notifications
-  only on commit, in commit order), or put in the offline queue when the owner is connected
-  nowhere. Which owners are connected where is a table, ``taskbed_presence``: one row per
-  owner per store (host) that has a connection of that owner. A row counts while the
-  database backend that wrote it is alive (``pg_stat_activity``), so a host that dies stops
-  counting as soon as PostgreSQL sees its connection close; no pid or hostname is trusted.
-  A message for an owner and the owner's arrival take the same advisory lock, so a message
-  is either queued before the owner drains the queue, or notified to a host that listens.
+  does nothing; the holder is read by the next statement, which sees it committed.
+* **Fencing** (specs/leases.md): leases live in ``taskbed_leases`` with a token from the
+  sequence ``taskbed_fencing``, which only grows. Every task write carries the row's claim
+  ``(runner_id, runner_token)`` and the lease's existence in its ``WHERE``. Lease expiry is
+  judged on the server's clock (``clock_timestamp()``), or on the ``clock`` given to the
+  store; never on a runtime's.
+* **The write path.** Writes never run on the event loop. Each write is queued; at the end of
+  the loop iteration one writer thread takes everything queued and makes it in one
+  transaction, pipelined: every write is a single statement, so a batch costs about one round
+  trip to the server however many writes it carries (group commit). A transaction that fails
+  (the server restarts, the network drops, a serialization failure) is rolled back and
+  retried, with every write it carried, on a new connection if need be, until each write's
+  retry window (``retry_for``) closes; then its caller gets :class:`~taskbed.StoreWriteError`
+  and the write is not made. Messages kept for an offline owner have no caller: they stay
+  queued until they are written. Reads use a second connection (MVCC: they never wait).
+* **Messages across hosts.** A message and the state change it reports leave in one
+  transaction: it is ``pg_notify``'d to the hosts where its owner has a connection
+  (PostgreSQL delivers notifications on commit, in commit order), or kept in
+  ``taskbed_outbox`` when the owner is connected nowhere else; a kept message is announced
+  too, so that a host where the owner connected meanwhile drains it. Which owners are
+  connected where is ``taskbed_presence``: one row per owner per store (host) with a
+  connection of that owner. A row counts while the database session that wrote it is alive
+  (``pg_stat_activity``), so a host that dies stops counting as soon as PostgreSQL sees its
+  connection close; no pid or hostname is trusted.
 * **Keys** are stored as UTF-8 ``bytea``: bytes compare in code-point order (prefix queries
   are a byte range that uses the index) and may hold NUL, which PostgreSQL's ``text`` cannot.
   Labels and errors are stored as JSON text for the same reason.
@@ -29,18 +40,23 @@ Theory of operation
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
-import hashlib
+import dataclasses
+import itertools
 import json
 import logging
 import threading
+import time
 import uuid
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from ._errors import StoreWriteError, see
 from ._lifecycle import ACTIVE, TaskEvent, TaskStatus, sources
+from ._memory_store import lease_lost
 from ._model import Message, Owner, TaskRecord, scope
-from ._ports import Lease
+from ._ports import Clock, Lease
 
 if TYPE_CHECKING:
     import psycopg
@@ -58,7 +74,6 @@ def _status_list(statuses: Iterable[TaskStatus]) -> str:
 
 _ACTIVE_SQL = _status_list(ACTIVE)
 _INTERRUPTIBLE_SQL = _status_list(sources(TaskEvent.INTERRUPT))
-_TERMINAL_VALUES = frozenset(s.value for s in TaskStatus if s not in ACTIVE)
 
 # One advisory lock serialises schema creation between processes opening a new database
 # (concurrent CREATE TABLE IF NOT EXISTS can fail on the catalog's unique index).
@@ -66,21 +81,22 @@ _SCHEMA_LOCK = 0x7461736B626564  # "taskbed"
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS taskbed_tasks (
-    seq         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    id          TEXT NOT NULL UNIQUE,
-    user_scope  TEXT NOT NULL,
-    org_scope   TEXT NOT NULL,
-    module      TEXT NOT NULL,
-    label       TEXT NOT NULL,
-    task_key    BYTEA,
-    status      TEXT NOT NULL,
-    progress    DOUBLE PRECISION NOT NULL,
-    checkpoint  TEXT NOT NULL,
-    result      TEXT NOT NULL,
-    error       TEXT,
-    created_at  DOUBLE PRECISION NOT NULL,
-    updated_at  DOUBLE PRECISION NOT NULL,
-    runner_id   TEXT
+    seq          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id           TEXT NOT NULL UNIQUE,
+    user_scope   TEXT NOT NULL,
+    org_scope    TEXT NOT NULL,
+    module       TEXT NOT NULL,
+    label        TEXT NOT NULL,
+    task_key     BYTEA,
+    status       TEXT NOT NULL,
+    progress     DOUBLE PRECISION NOT NULL,
+    checkpoint   TEXT NOT NULL,
+    result       TEXT NOT NULL,
+    error        TEXT,
+    created_at   DOUBLE PRECISION NOT NULL,
+    updated_at   DOUBLE PRECISION NOT NULL,
+    runner_id    TEXT,
+    runner_token BIGINT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS taskbed_tasks_active_key
     ON taskbed_tasks (org_scope, task_key)
@@ -90,7 +106,7 @@ CREATE INDEX IF NOT EXISTS taskbed_tasks_by_key
 CREATE INDEX IF NOT EXISTS taskbed_tasks_by_user
     ON taskbed_tasks (user_scope, org_scope, created_at);
 CREATE INDEX IF NOT EXISTS taskbed_tasks_active_runner
-    ON taskbed_tasks (runner_id) WHERE status IN ({_ACTIVE_SQL});
+    ON taskbed_tasks (runner_id, runner_token) WHERE status IN ({_ACTIVE_SQL});
 CREATE TABLE IF NOT EXISTS taskbed_outbox (
     seq         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     user_scope  TEXT NOT NULL,
@@ -99,11 +115,11 @@ CREATE TABLE IF NOT EXISTS taskbed_outbox (
 );
 CREATE INDEX IF NOT EXISTS taskbed_outbox_by_owner
     ON taskbed_outbox (user_scope, org_scope, seq);
+CREATE SEQUENCE IF NOT EXISTS taskbed_fencing;
 CREATE TABLE IF NOT EXISTS taskbed_leases (
     runtime_id  TEXT PRIMARY KEY,
-    expires_at  DOUBLE PRECISION NOT NULL,
-    host        TEXT NOT NULL,
-    pid         INTEGER NOT NULL
+    token       BIGINT NOT NULL,
+    expires_at  DOUBLE PRECISION NOT NULL
 );
 CREATE TABLE IF NOT EXISTS taskbed_presence (
     node        TEXT NOT NULL,
@@ -122,31 +138,69 @@ CREATE TABLE IF NOT EXISTS taskbed_bulletins (
 
 _COLUMNS = (
     "id, user_scope, org_scope, module, label, task_key, status, progress, checkpoint, "
-    "result, error, created_at, updated_at, runner_id"
+    "result, error, created_at, updated_at, runner_id, runner_token"
 )
 _ORDER = "ORDER BY created_at DESC, seq DESC"
-_INSERT = (
-    f"INSERT INTO taskbed_tasks ({_COLUMNS}) VALUES ({', '.join(['%s'] * 14)}) "
-    "ON CONFLICT DO NOTHING RETURNING id"
-)
+_SELECT_BY_ID = f"SELECT {_COLUMNS} FROM taskbed_tasks WHERE id = %s"
 _HOLDER = (
     f"SELECT {_COLUMNS} FROM taskbed_tasks WHERE org_scope = %s AND task_key = %s "
     f"AND status IN ({_ACTIVE_SQL})"
 )
-_SELECT_BY_ID = f"SELECT {_COLUMNS} FROM taskbed_tasks WHERE id = %s"
+#: One statement: the insert, only while the lease is held. No row back: the key is held, or
+#: the lease is lost (the follow-up look-up tells which).
+_INSERT = (
+    f"INSERT INTO taskbed_tasks ({_COLUMNS}) "
+    f"SELECT {', '.join(['%s'] * 15)} WHERE EXISTS (SELECT 1 FROM taskbed_leases "
+    "WHERE runtime_id = %s AND token = %s) ON CONFLICT DO NOTHING RETURNING id"
+)
+_HOLDS = "SELECT 1 FROM taskbed_leases WHERE runtime_id = %s AND token = %s"
+#: The fence every task write carries: the row's claim and the lease behind it.
+_FENCE = (
+    f"status IN ({_ACTIVE_SQL}) AND runner_id = %(rid)s AND runner_token = %(tok)s AND EXISTS "
+    "(SELECT 1 FROM taskbed_leases WHERE runtime_id = %(rid)s AND token = %(tok)s)"
+)
+_DB_NOW = "extract(epoch FROM clock_timestamp())::float8"
 #: Columns stored as JSON text: values that may hold anything, labels and errors (NUL).
 _JSON_FIELDS = frozenset({"checkpoint", "result", "label", "error"})
-_FIELDS = frozenset(
-    {"label", "status", "progress", "checkpoint", "result", "error", "updated_at", "runner_id"}
-)
+_FIELDS = frozenset({"label", "status", "progress", "checkpoint", "result", "error", "updated_at"})
 #: Which presence rows still count: the backend that wrote them is the same one, alive.
 _LIVE = (
     "EXISTS (SELECT 1 FROM pg_stat_activity a "
     "WHERE a.pid = p.backend AND a.backend_start = p.since)"
 )
+#: Where a message goes, decided in the writing transaction. ``g`` (defined before) yields a
+#: row when the message is to be sent at all (the update matched; always for a broadcast).
+#: ``el``: the owner is connected on another host; then notify, else keep it if asked to.
+_ROUTE = f"""
+, el AS (SELECT array(SELECT DISTINCT p.node FROM taskbed_presence p
+                      WHERE p.user_scope = %(u)s AND p.org_scope = %(o)s AND p.node <> %(me)s
+                      AND {_LIVE}) AS nodes
+         FROM g LIMIT 1)
+, nt AS (SELECT pg_notify(%(ch)s, left(%(payload)s, -1) || ', "t": ' || to_json(nodes)::text
+                          || '}}')
+         FROM el WHERE cardinality(nodes) > 0)
+, kp AS (INSERT INTO taskbed_outbox (user_scope, org_scope, message)
+         SELECT %(u)s, %(o)s, %(m)s FROM el WHERE cardinality(nodes) = 0 AND %(keep)s
+         RETURNING seq)
+, kn AS (SELECT pg_notify(%(ch)s, %(kept)s) FROM kp)
+SELECT (SELECT count(*) FROM g), (SELECT max(seq) FROM kp),
+       (SELECT count(*) FROM nt) + (SELECT count(*) FROM kn)
+"""
+#: The ``nt`` of a message too large for a notification: it goes to ``taskbed_bulletins``.
+_BULLETIN_NT = """
+, bl AS (INSERT INTO taskbed_bulletins (payload) SELECT %(full)s FROM el
+         WHERE cardinality(nodes) > 0 RETURNING id)
+, nt AS (SELECT pg_notify(%(ch)s, json_build_object('n', %(me)s::text, 'b', bl.id,
+                                                    't', el.nodes)::text)
+         FROM bl, el)
+"""
+#: Errors that a retry may cure: the connection broke, the server is restarting, a
+#: serialization failure or deadlock (class 08, 57P, 40).
+_TRANSIENT_STATES = ("08", "57", "40", "53")
 
 Deliver = Callable[[Owner, Message, bool], None]
 Command = Callable[[Owner, str, dict[str, Any]], None]
+Kept = Callable[[Owner], None]
 
 
 def _dump(value: object) -> str:
@@ -171,7 +225,7 @@ def _key(task_key: str | None) -> bytes | None:
 
 def _row(values: tuple[Any, ...]) -> TaskRecord:
     (tid, user, org, module, label, key, status, progress, checkpoint, result, error,
-     created, updated, runner) = values  # fmt: skip
+     created, updated, runner, token) = values  # fmt: skip
     return TaskRecord(
         id=tid,
         user_id=_load(user),
@@ -187,13 +241,8 @@ def _row(values: tuple[Any, ...]) -> TaskRecord:
         created_at=created,
         updated_at=updated,
         runner_id=runner,
+        runner_token=token,
     )
-
-
-def _owner_lock(user_scope: str, org_scope: str) -> int:
-    """The advisory-lock key of an owner (a signed 64-bit int, the same on every host)."""
-    digest = hashlib.blake2b(f"{user_scope}\n{org_scope}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
 
 
 def _prefix_bound(prefix: bytes) -> bytes | None:
@@ -218,6 +267,54 @@ def _import_psycopg() -> Any:
     return psycopg
 
 
+def _transient(exc: BaseException) -> bool:
+    """Is *exc* a failure of the store (retry) rather than of the write (answer it)?"""
+    pg = _import_psycopg()
+    if isinstance(exc, pg.OperationalError | pg.InterfaceError):
+        return True
+    state = getattr(exc, "sqlstate", None) or ""
+    return isinstance(exc, pg.Error) and state.startswith(_TRANSIENT_STATES)
+
+
+_orders = itertools.count()
+
+
+@dataclasses.dataclass(eq=False, slots=True)
+class _Write:
+    """One write waiting for the writer thread: what it does, and what came of it.
+
+    ``run(cursor)`` sends its statement (pipelined: it does not wait for the answer) and
+    returns ``finish()``, which reads the answer once the batch's statements are all sent.
+    """
+
+    run: Callable[[psycopg.Cursor[tuple[Any, ...]]], Callable[[], Any]]
+    deadline: float
+    #: A message kept for an offline owner: no caller waits; kept until written (or drained).
+    slot: tuple[str, str] | None = None
+    message: str | None = None
+    waiter: asyncio.Future[None] | None = None
+    seq: int | None = None  # the outbox row, once written
+    delivered: bool = False  # drained before or while it was written
+    done: bool = False
+    result: Any = None
+    error: BaseException | None = None
+    attempts: int = 0
+    #: The outbox rows this write deletes (drained meanwhile: not to be handed out again).
+    deletes: tuple[int, ...] = ()
+    order: int = dataclasses.field(default_factory=lambda: next(_orders))
+
+    def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def _answer(write: _Write) -> None:
+    """On the caller's loop: wake the caller of a decided write."""
+    if write.waiter is not None and not write.waiter.done():
+        write.waiter.set_result(None)
+
+
 class PostgresStore:
     """Task rows in PostgreSQL. ``PostgresStore("host=/run/postgresql dbname=tasks")``.
 
@@ -229,208 +326,500 @@ class PostgresStore:
 
     Args:
         dsn: a libpq connection string or URI.
+        retry_for: how long a failing write is retried before its caller gets
+            ``StoreWriteError`` (seconds).
+        clock: the store's clock for lease expiry; by default the server's
+            (``clock_timestamp()``). The conformance adapter passes its virtual clock.
     """
 
     shared = True
 
-    def __init__(self, dsn: str) -> None:
-        pg = _import_psycopg()
+    def __init__(self, dsn: str, *, retry_for: float = 10.0, clock: Clock | None = None) -> None:
         self.dsn = dsn
+        self.retry_for = retry_for
+        self.clock = clock
         #: This store's name in the presence table and in the notifications it sends.
         self.node = uuid.uuid4().hex
-        self._db: psycopg.Connection[tuple[Any, ...]] = pg.connect(
-            dsn, autocommit=True, prepare_threshold=0
-        )
-        self._lock = threading.RLock()
-        self._pending: dict[str, dict[str, object]] = {}
-        self._outbox: list[tuple[str, str, str]] = []
-        #: Messages to send with the next write: (user scope, org scope, JSON, durable,
-        #: delivered here already).
-        self._notes: list[tuple[str, str, str, bool, bool]] = []
-        #: Client commands for the other hosts, sent with the next write (JSON payloads).
-        self._commands: list[str] = []
+        self._lock = threading.Lock()  # the queue and the writes' states
+        self._read_lock = threading.RLock()  # the reader connection
+        self._queue: list[_Write] = []
+        self._in_flight: list[_Write] = []
+        self._scheduled = False
+        self._thread_busy = False
+        self._closed = False
+        self._commits = 0
+        self._fault: BaseException | None = None  # inject_fault (a test seam)
+        #: Outbox rows already handed out (drained while being written), their delete queued.
+        self._skip: set[int] = set()
         #: Which owners have connections on other hosts: (user scope, org scope) -> nodes.
         #: Kept by the listener from the presence notifications, reloaded at each heartbeat.
         self._elsewhere: dict[tuple[str, str], set[str]] = {}
         self._listening = False
-        self._flush_scheduled = False
-        self._closed = False
+        self._db: psycopg.Connection[tuple[Any, ...]] | None = None  # the writer's
+        self._reader = self._connect()
         try:
-            with self._lock, self._db.transaction():
-                self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-                schema = self._db.execute("SELECT current_schema()").fetchone()
+            with self._read_lock, self._reader.transaction():
+                # DDL only when the schema is missing: even CREATE ... IF NOT EXISTS takes
+                # table locks that can deadlock with other hosts already writing. The schema
+                # is made in one transaction, so its last table stands for all of it.
+                made = self._reader.execute(
+                    "SELECT to_regclass('taskbed_bulletins') IS NOT NULL"
+                ).fetchone()
+                if not (made and made[0]):
+                    self._reader.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            self._reader.execute(statement)
+                schema = self._reader.execute("SELECT current_schema()").fetchone()
             self.channel_name = f"taskbed:{schema[0] if schema else 'public'}"
         except BaseException:
-            self._db.close()
+            self._reader.close()
             raise
+        self._writer = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="taskbed-postgres-writer"
+        )
+
+    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
+        pg = _import_psycopg()
+        conn: psycopg.Connection[tuple[Any, ...]] = pg.connect(self.dsn, autocommit=True)
+        return conn
 
     def __repr__(self) -> str:
         return f"<PostgresStore node={self.node[:8]} {'closed' if self._closed else 'open'}>"
 
-    # ------------------------------------------------------------ write-behind buffer
+    # ------------------------------------------------------------ the writer
 
-    def _apply_pending(self) -> None:
-        """Write buffered updates and messages; the caller holds the lock and a transaction."""
-        pending, self._pending = self._pending, {}
-        outbox, self._outbox = self._outbox, []
-        notes, self._notes = self._notes, []
-        by_columns: dict[tuple[str, ...], list[tuple[object, ...]]] = {}
-        for task_id, changes in pending.items():
-            if not changes:
-                continue
-            names = tuple(changes)
-            values = [_dump(changes[n]) if n in _JSON_FIELDS else changes[n] for n in names]
-            by_columns.setdefault(names, []).append((*values, task_id))
-        with self._db.cursor() as cur:
-            for names, rows in by_columns.items():
-                assignments = ", ".join(f"{n} = %s" for n in names)
-                cur.executemany(
-                    f"UPDATE taskbed_tasks SET {assignments} "
-                    f"WHERE id = %s AND status IN ({_ACTIVE_SQL})",
-                    rows,
-                )
-            if notes:
-                outbox.extend(self._route(cur, notes))
-            if self._commands:
-                commands, self._commands = self._commands, []
-                cur.executemany(
-                    "SELECT pg_notify(%s, %s)", [(self.channel_name, c) for c in commands]
-                )
-            if outbox:
-                cur.executemany(
-                    "INSERT INTO taskbed_outbox (user_scope, org_scope, message) "
-                    "VALUES (%s, %s, %s)",
-                    outbox,
-                )
+    async def _write(self, run: Callable[..., Callable[[], Any]]) -> Any:
+        """Queue a write and wait until it is decided (made, refused, or failed for good)."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        write = _Write(run, time.monotonic() + self.retry_for, waiter=waiter)
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            self._queue.append(write)
+        self._schedule(loop)
+        await asyncio.shield(waiter)  # a cancelled caller does not undo the write
+        return write.outcome()
 
-    def _route(
-        self, cur: psycopg.Cursor[tuple[Any, ...]], notes: list[tuple[str, str, str, bool, bool]]
-    ) -> list[tuple[str, str, str]]:
-        """Notify the messages whose owner is connected elsewhere; return those to queue.
+    def _kept(self, write: _Write) -> None:
+        """Queue a write that no caller waits for (a kept message, a notification)."""
+        with self._lock:
+            if self._closed:
+                log.error("taskbed: %r is closed; a message is lost", self)
+                return
+            self._queue.append(write)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+        else:
+            self._schedule(loop)
 
-        A durable message for an owner connected nowhere (not here, not on another live
-        host) is queued. The owners of durable messages are locked first, in one order on
-        every host, so an owner's arrival (``join``) cannot slip between the look-up and the
-        queueing.
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            if self._scheduled:
+                return
+            self._scheduled = True
+        loop.call_soon(self._kick, loop)
+
+    def _kick(self, loop: asyncio.AbstractEventLoop) -> None:
+        """End of a loop iteration: hand what is queued to the writer thread."""
+        with self._lock:
+            self._scheduled = False
+            if self._thread_busy or not self._queue or self._closed:
+                return  # a busy thread takes the queue as it goes: writes stay in order
+            self._thread_busy = True
+        # run_in_executor, not a bare submit: the harness's virtual loop sees the thread
+        # working and holds virtual time still meanwhile.
+        loop.run_in_executor(self._writer, self._work)
+
+    def _work(self) -> None:  # noqa: PLR0912 - one loop: take, write, answer or retry
+        """The writer thread: write what is queued, a transaction per batch, until empty.
+
+        A failed transaction puts its writes back at the head of the queue and is retried
+        with a growing pause (on a new connection when the old one broke); a write whose
+        window closed is answered with the error (a kept message is not: it waits for the
+        next round). Never raises.
         """
-        owners = sorted({(n[0], n[1]) for n in notes})
-        durable = sorted({_owner_lock(n[0], n[1]) for n in notes if n[3]})
-        if durable:
-            cur.execute(
-                "SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) AS k ORDER BY k",
-                (durable,),
-            )
-        cur.execute(
-            "SELECT DISTINCT p.user_scope, p.org_scope FROM taskbed_presence p "
-            "JOIN unnest(%s::text[], %s::text[]) AS o(u, g) "
-            f"ON p.user_scope = o.u AND p.org_scope = o.g WHERE p.node <> %s AND {_LIVE}",
-            ([u for u, _ in owners], [g for _, g in owners], self.node),
-        )
-        elsewhere = {(u, g) for u, g in cur.fetchall()}
-        queue: list[tuple[str, str, str]] = []
-        payloads: list[tuple[str, str]] = []
-        for user, org, message, is_durable, delivered in notes:
-            if (user, org) in elsewhere:
-                payload = json.dumps(
-                    {"n": self.node, "u": user, "o": org, "d": is_durable, "m": message}
-                )
-                if len(payload) > NOTIFY_LIMIT:  # len(str) <= bytes: a cheap first test
-                    payload = self._bulletin(cur, payload)
-                payloads.append((self.channel_name, payload))
-            elif is_durable and not delivered:
-                queue.append((user, org, message))
-        if payloads:
-            cur.executemany("SELECT pg_notify(%s, %s)", payloads)
-        return queue
+        delay = 0.01
+        while True:
+            now = time.monotonic()
+            with self._lock:
+                self._thread_busy = True
+                batch = [w for w in self._queue if not w.done and not w.delivered]
+                if not batch or all(
+                    w.waiter is None and w.attempts and w.deadline < now for w in batch
+                ):
+                    self._queue = batch  # kept messages past their window: the next round
+                    self._thread_busy = False
+                    return
+                self._queue = []
+                self._in_flight = batch
+            failure = self._commit(batch)
+            with self._lock:
+                self._in_flight = []
+                if failure is None:
+                    decided = batch
+                    for w in batch:
+                        w.done = True
+                    self._commits += 1
+                    delay = 0.01
+                    undo = [w.seq for w in batch if w.delivered and w.seq is not None]
+                    if undo:  # drained while written: never hand out again, delete
+                        self._skip.update(undo)
+                        self._queue.insert(0, self._delete_kept(undo))
+                    for w in batch:
+                        self._skip.difference_update(w.deletes)
+                else:
+                    decided, retry = [], []
+                    for w in batch:
+                        w.attempts += 1
+                        w.seq = None
+                        if w.delivered:
+                            continue  # drained while its transaction failed: nothing to keep
+                        if w.waiter is not None and (w.done or w.deadline < time.monotonic()):
+                            if not w.done:
+                                w.error = StoreWriteError(
+                                    f"could not write to the PostgreSQL task store for "
+                                    f"{self.retry_for:g} s ({w.attempts} attempts): {failure}; "
+                                    "the change was not made " + see("leases", "LEASE-7")
+                                )
+                                w.done = True
+                            decided.append(w)
+                        else:
+                            retry.append(w)
+                    self._queue = retry + self._queue
+            for w in decided:
+                if w.waiter is not None:
+                    with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
+                        w.waiter.get_loop().call_soon_threadsafe(_answer, w)
+            if failure is not None:
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
 
-    def _bulletin(self, cur: psycopg.Cursor[tuple[Any, ...]], payload: str) -> str:
-        if len(payload.encode()) <= NOTIFY_LIMIT:
-            return payload
-        cur.execute("INSERT INTO taskbed_bulletins (payload) VALUES (%s) RETURNING id", (payload,))
-        found = cur.fetchone()
-        assert found is not None
-        return json.dumps({"n": self.node, "b": found[0]})
+    def _commit(self, batch: list[_Write]) -> BaseException | None:  # noqa: PLR0912 - see below
+        """Make *batch* in one pipelined transaction; the error that made it fail, or None.
+
+        A write whose own statement is wrong (a constraint, a bad value) is answered with its
+        error, and the batch is made again without it.
+        """
+        pg = _import_psycopg()
+        if self._fault is not None:
+            return self._fault
+        while True:
+            try:
+                if self._db is None or self._db.closed:
+                    self._db = self._connect()
+                db = self._db
+                finishes: list[tuple[_Write, Callable[[], Any]]] = []
+                cursors: list[psycopg.Cursor[tuple[Any, ...]]] = []
+                try:
+                    todo = [w for w in batch if not w.done]
+                    if len(todo) == 1:  # one statement is its own transaction: one round trip
+                        cursors.append(cur := db.cursor())
+                        finishes.append((todo[0], todo[0].run(cur)))
+                    else:
+                        self._send_batch(db, todo, cursors, finishes)
+                    # Committed. Each write reads its answer; a dedup look-up may ask one
+                    # more question, a read.
+                    for w, finish in finishes:
+                        try:
+                            w.result, w.error = finish(), None
+                        except pg.Error as late:  # the batch is made; only this answer is not
+                            w.error = StoreWriteError(
+                                f"the task store failed while answering a write: {late}"
+                            )
+                        except Exception as refusal:  # noqa: BLE001 - LeaseLostError, ...
+                            w.error = refusal
+                finally:
+                    for cur in cursors:
+                        cur.close()
+                return None
+            except pg.Error as error:
+                exc: BaseException = error
+                if self._db is not None and not self._db.broken:
+                    with contextlib.suppress(pg.Error):  # the failed transaction, if open
+                        self._db.execute("ROLLBACK")
+                if self._db is not None and self._db.broken:
+                    with contextlib.suppress(Exception):
+                        self._db.close()
+                    self._db = None
+                if _transient(exc):
+                    return exc
+                culprit = self._culprit(batch, exc)
+                if culprit is None:
+                    return exc
+                culprit.error, culprit.done = exc, True
+                batch = [w for w in batch if w is not culprit]
+                if not batch:
+                    return None
+            except Exception as exc:  # noqa: BLE001  # pragma: no cover - a bug: do not loop
+                return exc
+
+    @staticmethod
+    def _send_batch(
+        db: psycopg.Connection[tuple[Any, ...]],
+        todo: list[_Write],
+        cursors: list[psycopg.Cursor[tuple[Any, ...]]],
+        finishes: list[tuple[_Write, Callable[[], Any]]],
+    ) -> None:
+        """BEGIN, every write's one statement and COMMIT, pipelined: they go out together and
+        their answers come back together, one round trip for the batch (psycopg's
+        ``transaction()`` would wait for answers in between). Leaving the pipeline waits for
+        every answer and raises the first error."""
+        with db.pipeline():
+            db.execute("BEGIN")
+            for w in todo:
+                cursors.append(cur := db.cursor())  # its answer stays on its cursor
+                finishes.append((w, w.run(cur)))
+            db.execute("COMMIT")
+
+    def _culprit(self, batch: list[_Write], exc: BaseException) -> _Write | None:
+        """The write whose statement failed with *exc* (tried alone, each in turn)."""
+        pg = _import_psycopg()
+        for w in batch:
+            if w.done:
+                continue
+            try:
+                if self._db is None or self._db.closed:
+                    self._db = self._connect()
+                with self._db.transaction(force_rollback=True), self._db.cursor() as cur:
+                    w.run(cur)()
+            except pg.Error as err:
+                if _transient(err):
+                    return None
+                return w
+            except Exception:  # noqa: BLE001, S112 - a refusal (a lost lease) is no culprit
+                continue
+        return None
+
+    def inject_fault(self, error: BaseException | None) -> None:
+        """Test seam: make every transaction fail with *error* until ``inject_fault(None)``.
+
+        What a server that cannot write does (a full disk, a failing device): the writes are
+        kept and retried as for a real fault. Reads still work.
+        """
+        self._fault = error
+
+    def _closed_error(self) -> StoreWriteError:
+        return StoreWriteError(
+            "the PostgreSQL task store is closed; open a new PostgresStore "
+            + see("leases", "LEASE-7")
+        )
+
+    def _now_sql(self) -> tuple[str, tuple[object, ...]]:
+        """The store's clock as SQL: the server's, unless a clock was given."""
+        if self.clock is not None:
+            return "%s::float8", (self.clock.now(),)
+        return _DB_NOW, ()
 
     def flush(self) -> None:
-        """Write every buffered update and message now, in one transaction."""
+        """Write everything queued now, waiting for it (blocks: not for a running loop)."""
         with self._lock:
-            self._flush_scheduled = False
-            if not self._buffered() or self._closed:
+            if self._closed and not self._queue:
                 return
-            # Pipelined: BEGIN, the updates and COMMIT go out without waiting for each
-            # answer (only the presence look-up of _route waits for one).
-            with self._db.pipeline(), self._db.transaction():
-                self._apply_pending()
+        self._writer.submit(self._work).result()
 
-    def _buffered(self) -> bool:
-        return bool(self._pending or self._outbox or self._notes or self._commands)
+    # ------------------------------------------------------------ leases and recovery
 
-    def _schedule_flush(self) -> None:
-        with self._lock:
-            if self._flush_scheduled:
-                return
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
-            if loop is None:
-                self.flush()
-            else:
-                self._flush_scheduled = True
-                loop.call_soon(self.flush)
+    async def acquire(self, runtime_id: str, ttl: float) -> Lease:
+        now_sql, now_params = self._now_sql()
+
+        def run(cur: psycopg.Cursor[tuple[Any, ...]]) -> Callable[[], Lease]:
+            cur.execute(
+                "INSERT INTO taskbed_leases (runtime_id, token, expires_at) "
+                f"VALUES (%s, nextval('taskbed_fencing'), {now_sql} + %s) "
+                "ON CONFLICT (runtime_id) DO UPDATE SET token = excluded.token, "
+                "expires_at = excluded.expires_at RETURNING token, expires_at",
+                (runtime_id, *now_params, ttl),
+            )
+
+            def finish() -> Lease:
+                found = cur.fetchone()
+                assert found is not None
+                return Lease(runtime_id, int(found[0]), float(found[1]))
+
+            return finish
+
+        lease: Lease = await self._write(run)
+        return lease
+
+    async def renew(self, lease: Lease, ttl: float) -> Lease | None:
+        now_sql, now_params = self._now_sql()
+
+        def run(cur: psycopg.Cursor[tuple[Any, ...]]) -> Callable[[], Lease | None]:
+            cur.execute(
+                f"UPDATE taskbed_leases SET expires_at = {now_sql} + %s "
+                "WHERE runtime_id = %s AND token = %s RETURNING expires_at",
+                (*now_params, ttl, lease.runtime_id, lease.token),
+            )
+
+            def finish() -> Lease | None:
+                found = cur.fetchone()
+                return None if found is None else lease._replace(expires_at=float(found[0]))
+
+            return finish
+
+        renewed: Lease | None = await self._write(run)
+        if renewed is not None:
+            self._housekeeping()
+        return renewed
+
+    def _housekeeping(self) -> None:
+        """At each heartbeat: forget old bulletins and dead hosts' presence; reload who is
+        connected elsewhere (a host that died announced nothing)."""
+        with contextlib.suppress(Exception), self._read_lock:
+            self._reader.execute(
+                "DELETE FROM taskbed_bulletins WHERE posted_at < now() - interval '10 minutes'"
+            )
+            self._reader.execute(f"DELETE FROM taskbed_presence p WHERE NOT {_LIVE}")
+            if self._listening:
+                self._load_presence()
+
+    async def release(self, lease: Lease) -> None:
+        def run(cur: psycopg.Cursor[tuple[Any, ...]]) -> Callable[[], None]:
+            cur.execute(
+                "DELETE FROM taskbed_leases WHERE runtime_id = %s AND token = %s",
+                (lease.runtime_id, lease.token),
+            )
+            return lambda: None
+
+        await self._write(run)
+
+    def leases(self) -> list[Lease]:
+        rows = self._read("SELECT runtime_id, token, expires_at FROM taskbed_leases", ())
+        return [Lease(r[0], int(r[1]), float(r[2])) for r in rows]
+
+    async def interrupt_orphans(self, now: float, error: str) -> list[TaskRecord]:
+        now_sql, now_params = self._now_sql()
+
+        def run(cur: psycopg.Cursor[tuple[Any, ...]]) -> Callable[[], list[TaskRecord]]:
+            cur.execute(
+                f"WITH gone AS (DELETE FROM taskbed_leases WHERE expires_at < {now_sql} "
+                "RETURNING runtime_id, token) "
+                "UPDATE taskbed_tasks t SET status = 'interrupted', error = %s, updated_at = %s "
+                f"WHERE status IN ({_INTERRUPTIBLE_SQL}) AND NOT EXISTS (SELECT 1 FROM "
+                "taskbed_leases l WHERE l.runtime_id = t.runner_id AND l.token = t.runner_token "
+                "AND (l.runtime_id, l.token) NOT IN (SELECT runtime_id, token FROM gone)) "
+                f"RETURNING {_COLUMNS}",
+                (*now_params, _dump(error), now),
+            )
+            return lambda: [_row(r) for r in cur.fetchall()]
+
+        orphans: list[TaskRecord] = await self._write(run)
+        return orphans
 
     # ------------------------------------------------------------ rows
 
-    def insert_or_get_active(self, record: TaskRecord) -> tuple[TaskRecord, bool]:
+    async def insert_or_get_active(
+        self, record: TaskRecord, lease: Lease
+    ) -> tuple[TaskRecord, bool]:
+        record.runner_id, record.runner_token = lease.runtime_id, lease.token
         key = _key(record.task_key)
         org = scope(record.organization_id)
         row = (
             record.id, scope(record.user_id), org, record.module, _dump(record.label), key,
             record.status, record.progress, _dump(record.checkpoint), _dump(record.result),
             None if record.error is None else _dump(record.error), record.created_at,
-            record.updated_at, record.runner_id,
+            record.updated_at, lease.runtime_id, lease.token, lease.runtime_id, lease.token,
         )  # fmt: skip
-        with self._lock:
-            if self._pending or self._outbox:
-                # Read-your-writes: a buffered completion of the key's holder goes in first.
-                # Buffered messages with no state change to ride with (a started message)
-                # may wait for the end of the iteration.
-                self.flush()
-            # One statement, one round trip, its own transaction. Under READ COMMITTED each
-            # statement sees what was committed before it began, so the look-up that follows
-            # a conflict finds the holder (or finds it ended, and the insert is tried again).
-            for _ in range(100):
-                if self._db.execute(_INSERT, row).fetchone() is not None:
+
+        def run(cur: psycopg.Cursor[tuple[Any, ...]]) -> Callable[[], tuple[TaskRecord, bool]]:
+            cur.execute(_INSERT, row)
+
+            def finish() -> tuple[TaskRecord, bool]:
+                if cur.fetchone() is not None:
                     return record, True
-                holder = self._db.execute(_HOLDER, (org, key)).fetchone()
+                # Not inserted: the lease is gone, or an active task holds the key (read in a
+                # new statement, which sees a holder another transaction just committed).
+                if cur.execute(_HOLDS, lease[:2]).fetchone() is None:
+                    raise lease_lost(lease)
+                holder = cur.execute(_HOLDER, (org, key)).fetchone()
                 if holder is not None:
                     return _row(holder), False
-                if self._db.execute(_SELECT_BY_ID, (record.id,)).fetchone() is not None:
+                if cur.execute(_SELECT_BY_ID, (record.id,)).fetchone() is not None:
                     raise ValueError(f"task id {record.id} already exists")
-            raise RuntimeError(f"could not insert task {record.id}: its key kept changing hands")
+                # The holder ended between the insert and the look-up: insert again.
+                cur.execute(_INSERT, row)
+                return finish()
+
+            return finish
+
+        found: tuple[TaskRecord, bool] = await self._write(run)
+        return found
 
     def get(self, task_id: str) -> TaskRecord | None:
         found = self._query(_SELECT_BY_ID, (task_id,))
         return found[0] if found else None
 
-    def update(self, task_id: str, changes: dict[str, object]) -> None:
-        if not _FIELDS.issuperset(changes):
+    async def update(
+        self,
+        task_id: str,
+        changes: dict[str, object],
+        lease: Lease,
+        *,
+        keep: tuple[Owner, Message] | None = None,
+    ) -> bool:
+        if not _FIELDS.issuperset(changes):  # no set to build in the usual case
             raise ValueError(f"cannot update task fields {sorted(set(changes) - _FIELDS)}")
-        with self._lock:
-            merged = self._pending.setdefault(task_id, {})
-            if merged.get("status") in _TERMINAL_VALUES:
-                return  # already terminal in the buffer: a terminal row never changes
-            merged.update(changes)
-            self._schedule_flush()
+        params: dict[str, object] = {"id": task_id, "rid": lease.runtime_id, "tok": lease.token}
+        if changes:
+            assignments = []
+            for n, (name, value) in enumerate(changes.items()):
+                params[f"v{n}"] = _dump(value) if name in _JSON_FIELDS else value
+                assignments.append(f"{name} = %(v{n})s")
+            gate = (
+                f"UPDATE taskbed_tasks SET {', '.join(assignments)} "
+                f"WHERE id = %(id)s AND {_FENCE} RETURNING 1"
+            )
+        else:  # changes nothing; still fenced
+            gate = f"SELECT 1 FROM taskbed_tasks WHERE id = %(id)s AND {_FENCE}"
+        if keep is None:
+            sql = gate
+        else:
+            owner, message = keep
+            sql = f"WITH g AS ({gate}) {_ROUTE}"
+            params.update(self._route_params(owner, message, keep=True))
+            if params["payload"] is None:
+                sql = self._bulletin_sql(sql)
+
+        def run(cur: psycopg.Cursor[tuple[Any, ...]]) -> Callable[[], bool]:
+            cur.execute(sql, params)
+
+            def finish() -> bool:
+                if keep is None:
+                    return cur.fetchone() is not None
+                found = cur.fetchone()
+                return found is not None and int(found[0]) == 1
+
+            return finish
+
+        changed: bool = await self._write(run)
+        return changed
+
+    def _route_params(self, owner: Owner, message: Message, *, keep: bool) -> dict[str, object]:
+        user, org = scope(owner.user_id), scope(owner.organization_id)
+        text = json.dumps(message)
+        payload = json.dumps({"n": self.node, "u": user, "o": org, "d": keep, "m": text})
+        return {
+            "u": user,
+            "o": org,
+            "m": text,
+            "me": self.node,
+            "ch": self.channel_name,
+            "payload": payload if len(payload.encode()) <= NOTIFY_LIMIT else None,
+            "full": payload,
+            "keep": keep,
+            "kept": json.dumps({"n": self.node, "u": user, "o": org, "k": True}),
+        }
+
+    def _read(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        with self._read_lock:
+            return self._reader.execute(sql, params).fetchall()
 
     def _query(self, sql: str, params: tuple[object, ...]) -> list[TaskRecord]:
-        with self._lock:
-            if self._buffered():
-                self.flush()
-            return [_row(values) for values in self._db.execute(sql, params).fetchall()]
+        return [_row(values) for values in self._read(sql, params)]
 
     def find_by_key(self, task_key: str, organization_id: object) -> list[TaskRecord]:
         return self._query(
@@ -459,24 +848,75 @@ class PostgresStore:
     # ------------------------------------------------------------ offline queue
 
     def enqueue(self, owner: Owner, message: Message) -> None:
-        with self._lock:
-            self._outbox.append(
-                (scope(owner.user_id), scope(owner.organization_id), json.dumps(message))
+        slot = (scope(owner.user_id), scope(owner.organization_id))
+        text = json.dumps(message)
+        kept = json.dumps({"n": self.node, "u": slot[0], "o": slot[1], "k": True})
+        write = _Write(lambda cur: lambda: None, time.monotonic() + self.retry_for, slot, text)
+
+        def run(cur: psycopg.Cursor[tuple[Any, ...]]) -> Callable[[], None]:
+            cur.execute(
+                "WITH kp AS (INSERT INTO taskbed_outbox (user_scope, org_scope, message) "
+                "VALUES (%s, %s, %s) RETURNING seq) "
+                "SELECT seq, pg_notify(%s, %s) FROM kp",
+                (*slot, text, self.channel_name, kept),
             )
-            self._schedule_flush()
+
+            def finish() -> None:
+                found = cur.fetchone()
+                write.seq = None if found is None else int(found[0])
+
+            return finish
+
+        write.run = run
+        self._kept(write)
 
     def drain(self, owner: Owner) -> list[Message]:
-        with self._lock, self._db.transaction():
-            self._apply_pending()
-            return self._drain(scope(owner.user_id), scope(owner.organization_id))
+        """The owner's kept messages: those written, then those still queued. Never waits
+        for the writer; a message in a transaction under way has its row deleted once written.
+        """
+        slot = (scope(owner.user_id), scope(owner.organization_id))
+        unwritten = self._take_unwritten(slot)
+        try:
+            with self._read_lock:
+                rows = self._drain_rows(slot)
+        except Exception:
+            log.exception("taskbed: could not read the kept messages of %s", owner)
+            rows = []
+        return [json.loads(text) for _, text in rows] + [
+            json.loads(w.message) for w in unwritten if w.message is not None
+        ]
 
-    def _drain(self, user: str, org: str) -> list[Message]:
-        kept = self._db.execute(
+    def _take_unwritten(self, slot: tuple[str, str]) -> list[_Write]:
+        with self._lock:
+            unwritten = [
+                w
+                for w in [*self._queue, *self._in_flight]
+                if w.slot == slot and not w.delivered and not w.done
+            ]
+            unwritten.sort(key=lambda w: w.order)
+            for w in unwritten:
+                w.delivered = True
+            self._queue = [w for w in self._queue if not w.delivered]
+        return unwritten
+
+    def _drain_rows(self, slot: tuple[str, str]) -> list[tuple[int, str]]:
+        rows = self._reader.execute(
             "DELETE FROM taskbed_outbox WHERE user_scope = %s AND org_scope = %s "
             "RETURNING seq, message",
-            (user, org),
+            slot,
         ).fetchall()
-        return [json.loads(message) for _, message in sorted(kept)]
+        with self._lock:  # rows handed out while they were written are not again
+            skip = self._skip | {
+                w.seq for w in self._in_flight if w.delivered and w.seq is not None
+            }
+        return sorted((int(seq), str(text)) for seq, text in rows if int(seq) not in skip)
+
+    def _delete_kept(self, seqs: list[int]) -> _Write:
+        def run(cur: psycopg.Cursor[tuple[Any, ...]]) -> Callable[[], None]:
+            cur.execute("DELETE FROM taskbed_outbox WHERE seq = ANY(%s)", (seqs,))
+            return lambda: None
+
+        return _Write(run, time.monotonic() + self.retry_for, ("", ""), None, deletes=tuple(seqs))
 
     # ------------------------------------------------------------ messages across hosts
 
@@ -484,20 +924,36 @@ class PostgresStore:
         """Send *message* to the owner's connections on other hosts, with the next write.
 
         Args:
-            durable: queue it when the owner is connected nowhere (unless *delivered*).
+            durable: keep it when the owner is connected nowhere (unless *delivered*).
             delivered: a connection of this host received it already.
         """
-        with self._lock:
-            self._notes.append(
-                (
-                    scope(owner.user_id),
-                    scope(owner.organization_id),
-                    json.dumps(message),
-                    durable,
-                    delivered,
-                )
-            )
-            self._schedule_flush()
+        params = self._route_params(owner, message, keep=durable and not delivered)
+        sql = f"WITH g AS (SELECT 1) {_ROUTE}"
+        if params["payload"] is None:
+            sql = self._bulletin_sql(sql)
+
+        slot = (str(params["u"]), str(params["o"])) if params["keep"] else None
+        text = str(params["m"]) if params["keep"] else None
+        write = _Write(lambda cur: lambda: None, time.monotonic() + self.retry_for, slot, text)
+
+        def run(cur: psycopg.Cursor[tuple[Any, ...]]) -> Callable[[], None]:
+            cur.execute(sql, params)
+
+            def finish() -> None:
+                found = cur.fetchone()
+                write.seq = None if found is None or found[1] is None else int(found[1])
+
+            return finish
+
+        write.run = run
+        self._kept(write)
+
+    def _bulletin_sql(self, sql: str) -> str:
+        """*sql* with a notification too large for ``pg_notify``: the message goes to
+        ``taskbed_bulletins`` and the notification carries its id."""
+        start = sql.index(", nt AS (")
+        end = sql.index(", kp AS (")
+        return sql[:start] + _BULLETIN_NT + sql[end:]
 
     def forward(self, owner: Owner, command: str, body: dict[str, Any]) -> None:
         """Send a client command of *owner* to the other hosts, with the next write.
@@ -517,30 +973,55 @@ class PostgresStore:
         if len(payload.encode()) > NOTIFY_LIMIT:
             log.warning("taskbed: a client command too large for another host was dropped")
             return
-        with self._lock:
-            self._commands.append(payload)
-            self._schedule_flush()
+
+        def run(cur: psycopg.Cursor[tuple[Any, ...]]) -> Callable[[], None]:
+            cur.execute("SELECT pg_notify(%s, %s)", (self.channel_name, payload))
+            return lambda: None
+
+        self._kept(_Write(run, time.monotonic() + self.retry_for))
 
     def join(self, owner: Owner) -> list[Message]:
         """The owner has a connection here now: note it, and return what was kept for them."""
         user, org = scope(owner.user_id), scope(owner.organization_id)
-        with self._lock, self._db.transaction():
-            self._apply_pending()
-            self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_owner_lock(user, org),))
-            self._db.execute(
-                "INSERT INTO taskbed_presence (node, user_scope, org_scope, backend, since) "
-                "SELECT %s, %s, %s, pid, backend_start FROM pg_stat_activity "
-                "WHERE pid = pg_backend_pid() "
-                "ON CONFLICT (user_scope, org_scope, node) DO NOTHING",
-                (self.node, user, org),
-            )
-            self._announce(user, org, present=True)
-            return self._drain(user, org)
+        unwritten = self._take_unwritten((user, org))
+        try:
+            with self._read_lock, self._reader.transaction():
+                self._reader.execute(
+                    "INSERT INTO taskbed_presence (node, user_scope, org_scope, backend, since) "
+                    "SELECT %s, %s, %s, pid, backend_start FROM pg_stat_activity "
+                    "WHERE pid = pg_backend_pid() "
+                    "ON CONFLICT (user_scope, org_scope, node) DO NOTHING",
+                    (self.node, user, org),
+                )
+                self._announce(user, org, present=True)
+                rows = self._drain_rows((user, org))
+        except Exception:
+            log.exception("taskbed: could not note the connection of %s", owner)
+            rows = []
+        return [json.loads(text) for _, text in rows] + [
+            json.loads(w.message) for w in unwritten if w.message is not None
+        ]
+
+    def leave(self, owner: Owner) -> None:
+        """The owner's last connection here closed."""
+        user, org = scope(owner.user_id), scope(owner.organization_id)
+        if self._closed:
+            return
+        try:
+            with self._read_lock, self._reader.transaction():
+                self._reader.execute(
+                    "DELETE FROM taskbed_presence "
+                    "WHERE node = %s AND user_scope = %s AND org_scope = %s",
+                    (self.node, user, org),
+                )
+                self._announce(user, org, present=False)
+        except Exception:
+            log.exception("taskbed: could not note that %s left", owner)
 
     def _announce(self, user: str, org: str, *, present: bool) -> None:
         """Tell the other hosts that an owner's connections here came or went (same tx)."""
         payload = json.dumps({"n": self.node, "u": user, "o": org, "p": present})
-        self._db.execute("SELECT pg_notify(%s, %s)", (self.channel_name, payload))
+        self._reader.execute("SELECT pg_notify(%s, %s)", (self.channel_name, payload))
 
     def connected_elsewhere(self, owner: Owner) -> bool:
         """Has the owner a connection on another host, as far as this host has heard?
@@ -563,44 +1044,33 @@ class PostgresStore:
                 del self._elsewhere[user, org]
 
     def _load_presence(self) -> None:
-        """Reload who is connected elsewhere (the caller holds the lock)."""
-        rows = self._db.execute(
-            f"SELECT node, user_scope, org_scope FROM taskbed_presence p "
-            f"WHERE node <> %s AND {_LIVE}",
-            (self.node,),
-        ).fetchall()
+        """Reload who is connected elsewhere."""
+        with self._read_lock:
+            rows = self._reader.execute(
+                f"SELECT node, user_scope, org_scope FROM taskbed_presence p "
+                f"WHERE node <> %s AND {_LIVE}",
+                (self.node,),
+            ).fetchall()
         elsewhere: dict[tuple[str, str], set[str]] = {}
         for node, user, org in rows:
             elsewhere.setdefault((user, org), set()).add(node)
         self._elsewhere = elsewhere
 
-    def leave(self, owner: Owner) -> None:
-        """The owner's last connection here closed."""
-        user, org = scope(owner.user_id), scope(owner.organization_id)
-        with self._lock:
-            if self._closed:
-                return
-            with self._db.transaction():
-                self._apply_pending()
-                self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_owner_lock(user, org),))
-                self._db.execute(
-                    "DELETE FROM taskbed_presence "
-                    "WHERE node = %s AND user_scope = %s AND org_scope = %s",
-                    (self.node, user, org),
-                )
-                self._announce(user, org, present=False)
-
-    async def listen(self, deliver: Deliver, command: Command | None = None) -> Listener:
+    async def listen(
+        self, deliver: Deliver, command: Command | None = None, kept: Kept | None = None
+    ) -> Listener:
         """Start delivering the messages other hosts send to owners connected here.
 
         *deliver(owner, message, durable)* is called on the event loop, in the order the
         other hosts committed them; *command(owner, name, body)* for the client commands
-        other hosts forward. Returns the listener; ``await listener.stop()`` ends it.
+        other hosts forward; *kept(owner)* when a message was kept for an owner (who may
+        have connected here meanwhile). Returns the listener; ``await listener.stop()``
+        ends it.
         """
-        listener = Listener(self, await self._listening_connection(), deliver, command)
-        with self._lock:  # after LISTEN: a change from now on is heard, one before is loaded
-            self._listening = True
-            self._load_presence()
+        listener = Listener(self, await self._listening_connection(), deliver, command, kept)
+        # After LISTEN: a change from now on is heard, one from before is loaded.
+        self._listening = True
+        self._load_presence()
         listener.start()
         return listener
 
@@ -617,74 +1087,34 @@ class PostgresStore:
         return conn
 
     def _fetch_bulletin(self, bulletin: int) -> str | None:
-        with self._lock:
-            found = self._db.execute(
-                "SELECT payload FROM taskbed_bulletins WHERE id = %s", (bulletin,)
-            ).fetchone()
-        return None if found is None else str(found[0])
+        found = self._read("SELECT payload FROM taskbed_bulletins WHERE id = %s", (bulletin,))
+        return str(found[0][0]) if found else None
 
-    # ------------------------------------------------------------ leases and recovery
-
-    def heartbeat(self, lease: Lease) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO taskbed_leases (runtime_id, expires_at, host, pid) "
-                "VALUES (%s, %s, %s, %s) "
-                "ON CONFLICT (runtime_id) DO UPDATE SET expires_at = excluded.expires_at",
-                tuple(lease),
-            )
-            # Housekeeping: bulletins every listener has had ample time to read, and
-            # presence rows of hosts whose connection is gone.
-            self._db.execute(
-                "DELETE FROM taskbed_bulletins WHERE posted_at < now() - interval '10 minutes'"
-            )
-            self._db.execute(f"DELETE FROM taskbed_presence p WHERE NOT {_LIVE}")
-            if self._listening:  # a host that died announced nothing: forget it now
-                self._load_presence()
-
-    def leases(self) -> list[Lease]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT runtime_id, expires_at, host, pid FROM taskbed_leases"
-            ).fetchall()
-        return [Lease(*r) for r in rows]
-
-    def interrupt_orphans(self, dead: Collection[str], now: float, error: str) -> list[TaskRecord]:
-        with self._lock, self._db.transaction():
-            self._apply_pending()
-            if dead:
-                self._db.execute(
-                    "DELETE FROM taskbed_leases WHERE runtime_id = ANY(%s)", (list(dead),)
-                )
-            rows = self._db.execute(
-                f"UPDATE taskbed_tasks SET status = 'interrupted', error = %s, updated_at = %s "
-                f"WHERE status IN ({_INTERRUPTIBLE_SQL}) AND (runner_id IS NULL OR "
-                "runner_id NOT IN (SELECT runtime_id FROM taskbed_leases)) "
-                f"RETURNING {_COLUMNS}",
-                (_dump(error), now),
-            ).fetchall()
-        return [_row(r) for r in rows]
-
-    def release(self, runtime_id: str) -> None:
-        with self._lock:
-            self.flush()
-            self._db.execute("DELETE FROM taskbed_leases WHERE runtime_id = %s", (runtime_id,))
+    # ------------------------------------------------------------ closing
 
     def close(self) -> None:
-        """Write what is buffered, forget this host's connections, close the connection."""
+        """Write what is queued (waiting for it), forget this host's connections, close."""
         with self._lock:
             if self._closed:
                 return
-            try:
-                self.flush()
-                self._db.execute("DELETE FROM taskbed_presence WHERE node = %s", (self.node,))
-            finally:
+        try:
+            self.flush()
+        finally:
+            with self._lock:
                 self._closed = True
+                left = [w for w in self._queue if not w.done and not w.delivered]
+            self._writer.shutdown(wait=True)
+            if left:
+                log.error("taskbed: %d writes to PostgreSQL were never made", len(left))
+            with contextlib.suppress(Exception), self._read_lock:
+                self._reader.execute("DELETE FROM taskbed_presence WHERE node = %s", (self.node,))
+            self._reader.close()
+            if self._db is not None:
                 self._db.close()
 
 
 class Listener:
-    """Receives the notifications of other hosts and hands them to ``deliver``."""
+    """Receives the notifications of other hosts and hands them to the channel."""
 
     def __init__(
         self,
@@ -692,11 +1122,13 @@ class Listener:
         conn: psycopg.AsyncConnection[Any],
         deliver: Deliver,
         command: Command | None,
+        kept: Kept | None,
     ) -> None:
         self._store = store
         self._conn = conn
         self._deliver = deliver
         self._command = command
+        self._kept = kept
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -723,8 +1155,7 @@ class Listener:
             delay = min(delay * 2, 5.0)
             try:
                 self._conn = await self._store._listening_connection()
-                with self._store._lock:  # what changed while nobody listened
-                    self._store._load_presence()
+                self._store._load_presence()  # what changed while nobody listened
             except Exception:
                 log.warning("taskbed: could not listen to other hosts yet", exc_info=True)
 
@@ -735,11 +1166,16 @@ class Listener:
 
     def _handle(self, payload: str) -> None:
         body = json.loads(payload)
+        if "k" in body:  # a message was kept for this owner, by any host (this one too)
+            if self._kept is not None:
+                self._kept(Owner(json.loads(body["u"]), json.loads(body["o"])))
+            return
         if body.get("n") == self._store.node:
             return  # our own message: delivered here when it was published
         if "p" in body:
             self._store._heard_presence(body["n"], body["u"], body["o"], present=body["p"])
             return
+        targets = body.get("t", ())
         if "b" in body:
             fetched = self._store._fetch_bulletin(int(body["b"]))
             if fetched is None:
@@ -751,7 +1187,10 @@ class Listener:
             if self._command is not None:
                 self._command(owner, str(body["c"]), json.loads(body["m"]))
             return
-        self._deliver(owner, json.loads(body["m"]), bool(body["d"]))
+        # Durable for this host only if it was one the message was sent to: the owner was
+        # connected here when it was routed (and may have left since: then it is kept).
+        durable = bool(body["d"]) and self._store.node in targets
+        self._deliver(owner, json.loads(body["m"]), durable)
 
     async def stop(self) -> None:
         """Stop listening and close the listening connection."""

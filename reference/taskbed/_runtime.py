@@ -118,6 +118,16 @@ class Runtime:
             await self.channel.stop()
         self.pool.shutdown()
 
+    @property
+    def lease_lost(self) -> bool:
+        """True once this runtime lost its lease on a shared store (specs/leases.md, LEASE-4).
+
+        Such a runtime has cancelled its tasks and writes nothing more; ``run_background``
+        raises ``LeaseLostError``. Stop it and start a new one.
+        """
+        manager = self.manager
+        return manager is not None and manager.lost
+
     async def __aenter__(self) -> Runtime:
         await self.start()
         return self

@@ -4,27 +4,46 @@ Dedup is the database's job: a partial unique index over ``(org_scope, task_key)
 rows, and ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` inside a ``BEGIN IMMEDIATE``
 transaction, so two processes submitting one key at once get one row.
 
-Writes that are not inserts (status transitions, progress, messages queued for an offline
-owner) are buffered and written in one transaction at the end of the current event-loop
-iteration, or earlier by the next insert or read. A run of 10,000 short tasks thus costs about
-one commit per task instead of three, while the insert that decides dedup is committed before
-``run_background`` returns.
+Writes never run on the event loop. Each write is queued for one writer thread, which takes
+everything queued so far and writes it in one transaction (group commit: a run of tasks costs
+about one commit per loop iteration, not one per write) while the loop goes on. Waiting for
+the write lock another process holds (``busy_timeout``) happens in that thread. A transaction
+that fails (a disk I/O error, a full disk, the lock) is rolled back and retried, with every
+write it carried, until each write's retry window (``retry_for``) closes; then the caller of
+that write gets :class:`~taskbed.StoreWriteError` and the write is not made. Messages kept for
+an offline owner have no caller: they stay queued until they are written.
+
+Reads use a second connection: in WAL mode they never wait for a writer.
+
+Fencing (specs/leases.md): leases live in ``runtime_leases`` with a token from ``fencing``, a
+counter that only grows; every task write carries ``runner_id = ? AND runner_token = ?`` and
+the lease's existence in its ``WHERE``. Lease expiry uses the database's clock
+(``julianday('now')``), or the ``clock`` given to the store; never a runtime's clock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import itertools
 import json
+import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from ._errors import StoreWriteError, see
 from ._lifecycle import ACTIVE, TaskEvent, TaskStatus, sources
+from ._memory_store import lease_lost
 from ._model import Message, Owner, TaskRecord, scope
-from ._ports import Lease
+from ._ports import Clock, Lease
+
+log = logging.getLogger("taskbed")
 
 
 def _status_list(statuses: Iterable[TaskStatus]) -> str:
@@ -33,25 +52,25 @@ def _status_list(statuses: Iterable[TaskStatus]) -> str:
 
 _ACTIVE_SQL = _status_list(ACTIVE)
 _INTERRUPTIBLE_SQL = _status_list(sources(TaskEvent.INTERRUPT))
-_TERMINAL_VALUES = frozenset(s.value for s in TaskStatus if s not in ACTIVE)
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS tasks (
-    seq         INTEGER PRIMARY KEY,
-    id          TEXT NOT NULL UNIQUE,
-    user_scope  TEXT NOT NULL,
-    org_scope   TEXT NOT NULL,
-    module      TEXT NOT NULL,
-    label       TEXT NOT NULL,
-    task_key    TEXT,
-    status      TEXT NOT NULL,
-    progress    REAL NOT NULL,
-    checkpoint  TEXT NOT NULL,
-    result      TEXT NOT NULL,
-    error       TEXT,
-    created_at  REAL NOT NULL,
-    updated_at  REAL NOT NULL,
-    runner_id   TEXT
+    seq          INTEGER PRIMARY KEY,
+    id           TEXT NOT NULL UNIQUE,
+    user_scope   TEXT NOT NULL,
+    org_scope    TEXT NOT NULL,
+    module       TEXT NOT NULL,
+    label        TEXT NOT NULL,
+    task_key     TEXT,
+    status       TEXT NOT NULL,
+    progress     REAL NOT NULL,
+    checkpoint   TEXT NOT NULL,
+    result       TEXT NOT NULL,
+    error        TEXT,
+    created_at   REAL NOT NULL,
+    updated_at   REAL NOT NULL,
+    runner_id    TEXT,
+    runner_token INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS tasks_active_key
     ON tasks (org_scope, task_key)
@@ -67,29 +86,41 @@ CREATE TABLE IF NOT EXISTS outbox (
     message     TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_by_owner ON outbox (user_scope, org_scope, seq);
-CREATE TABLE IF NOT EXISTS leases (
+CREATE TABLE IF NOT EXISTS fencing (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    token       INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runtime_leases (
     runtime_id  TEXT PRIMARY KEY,
-    expires_at  REAL NOT NULL,
-    host        TEXT NOT NULL,
-    pid         INTEGER NOT NULL
+    token       INTEGER NOT NULL,
+    expires_at  REAL NOT NULL
 );
 """
 
 _COLUMNS = (
     "id, user_scope, org_scope, module, label, task_key, status, progress, checkpoint, "
-    "result, error, created_at, updated_at, runner_id"
+    "result, error, created_at, updated_at, runner_id, runner_token"
 )
 _ORDER = "ORDER BY created_at DESC, seq DESC"
 # Built once: the statements of every submission and every Runtime.wait.
 _INSERT = (
-    f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 14)}) "
+    f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 15)}) "
     "ON CONFLICT DO NOTHING RETURNING id"
 )
 _SELECT_BY_ID = f"SELECT {_COLUMNS} FROM tasks WHERE id = ?"
-_JSON_FIELDS = frozenset({"checkpoint", "result"})
-_FIELDS = frozenset(
-    {"label", "status", "progress", "checkpoint", "result", "error", "updated_at", "runner_id"}
+_HOLDS = "SELECT 1 FROM runtime_leases WHERE runtime_id = ? AND token = ?"
+#: The fence every task write carries: the row's claim and the lease behind it.
+_FENCE = (
+    f"status IN ({_ACTIVE_SQL}) AND runner_id = ? AND runner_token = ? AND EXISTS "
+    "(SELECT 1 FROM runtime_leases WHERE runtime_id = ? AND token = ?)"
 )
+_DB_NOW = "SELECT (julianday('now') - 2440587.5) * 86400.0"
+_JSON_FIELDS = frozenset({"checkpoint", "result"})
+_FIELDS = frozenset({"label", "status", "progress", "checkpoint", "result", "error", "updated_at"})
+#: SQLite errors that a retry may cure (I/O error, full disk, busy or locked database).
+_FATAL = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
+#: Commits between two WAL checkpoints (SQLite's automatic one comes every 1,000 pages).
+_CHECKPOINT_EVERY = 500
 
 
 def _dump(value: object) -> str:
@@ -114,7 +145,7 @@ def _load(text: str) -> Any:
 
 def _row(values: tuple[Any, ...]) -> TaskRecord:
     (tid, user, org, module, label, key, status, progress, checkpoint, result, error,
-     created, updated, runner) = values  # fmt: skip
+     created, updated, runner, token) = values  # fmt: skip
     return TaskRecord(
         id=tid,
         user_id=_load(user),
@@ -130,6 +161,7 @@ def _row(values: tuple[Any, ...]) -> TaskRecord:
         created_at=created,
         updated_at=updated,
         runner_id=runner,
+        runner_token=token,
     )
 
 
@@ -151,6 +183,43 @@ def prefix_upper_bound(prefix: str) -> str | None:
     return None
 
 
+_orders = itertools.count()
+
+
+@dataclasses.dataclass(eq=False, slots=True)
+class _Write:
+    """One write waiting for the writer thread: what it does, and what came of it."""
+
+    run: Callable[[sqlite3.Connection], Any]
+    deadline: float
+    #: A message for an offline owner: no caller waits; kept until written (or delivered).
+    slot: tuple[str, str] | None = None
+    message: str | None = None
+    #: The caller's future (None for a kept message): answered once the write is decided.
+    waiter: asyncio.Future[None] | None = None
+    seq: int | None = None  # the outbox row, once inserted
+    delivered: bool = False  # drained while its transaction ran: drop it or delete its row
+    done: bool = False
+    result: Any = None
+    error: BaseException | None = None
+    attempts: int = 0
+    #: The outbox rows this write deletes (drained, not to be handed out again meanwhile).
+    deletes: tuple[int, ...] = ()
+    #: Queue order: messages drained from the queue come out in the order they were kept.
+    order: int = dataclasses.field(default_factory=_orders.__next__)
+
+    def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def _answer(write: _Write) -> None:
+    """On the caller's loop: wake the caller of a decided write."""
+    if write.waiter is not None and not write.waiter.done():
+        write.waiter.set_result(None)
+
+
 class SQLiteStore:
     """Task rows in SQLite. ``SQLiteStore("tasks.db")`` or ``SQLiteStore(":memory:")``.
 
@@ -158,32 +227,69 @@ class SQLiteStore:
     dedup holds across them and recovery finds the tasks of runtimes that are gone.
     Durability: WAL with ``synchronous=NORMAL``, so a committed row survives the process
     being killed (not necessarily a power cut).
+
+    Args:
+        path: the database file, or ``":memory:"``.
+        busy_timeout: how long the writer thread waits for a lock another process holds,
+            per attempt.
+        retry_for: how long a failing write is retried before its caller gets
+            ``StoreWriteError`` (seconds).
+        clock: the store's clock for lease expiry; by default the database's own
+            (``julianday('now')``). The conformance adapter passes its virtual clock.
     """
 
     #: The DDL run when the store opens (idempotent statements separated by ``;``). A seam: a
     #: subclass may add indexes, or (in the conformance suite's one-bug variants) drop one.
     schema: str = _SCHEMA
 
-    def __init__(self, path: str | os.PathLike[str] = ":memory:", *, busy_timeout: float = 10.0):
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = ":memory:",
+        *,
+        busy_timeout: float = 10.0,
+        retry_for: float = 10.0,
+        clock: Clock | None = None,
+    ) -> None:
         self.path = os.fspath(path)
         self.shared = self.path != ":memory:" and not self.path.startswith("file::memory:")
+        self.clock = clock
+        self.retry_for = retry_for
         self._db = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
         )
-        self._lock = threading.RLock()
-        self._pending: dict[str, dict[str, object]] = {}
-        self._outbox: list[tuple[str, str, str]] = []  # queued messages, not yet written
-        self._flush_scheduled = False
+        self._lock = threading.Lock()  # the queue and the writes' states
+        # One connection per database in memory (each ":memory:" connection is its own
+        # database): reads and the writer then take turns on it.
+        self._read_lock = threading.Lock()
+        self._queue: list[_Write] = []
+        self._in_flight: list[_Write] = []  # the writes of the transaction under way
+        self._scheduled = False  # a flush at the end of this loop iteration is due
+        self._thread_busy = False  # the writer thread has the queue (a fault, a lock)
+        self._busy_ms = int(busy_timeout * 1000)
+        self._timeout_set = self._busy_ms
+        self._commits = 0
+        self._fault: sqlite3.Error | None = None  # inject_fault (a test seam)
+        self._pending_delete: set[int] = set()  # outbox rows drained, their delete not yet written
         self._closed = False
-        with self._lock:
-            self._open_schema(busy_timeout)
+        self._writer = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="taskbed-sqlite-writer"
+        )
+        self._open_schema(busy_timeout)
+        self._reader = (
+            sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
+            )
+            if self.shared
+            else self._db
+        )
 
     def _open_schema(self, busy_timeout: float) -> None:
         """Switch to WAL and create the schema, while other processes may do the same.
 
         SQLite answers "database is locked" at once, without the busy handler, when two
         connections change the journal mode of a new file together; so retry for as long as
-        the busy timeout allows. The schema is created in one write transaction.
+        the busy timeout allows. The schema is created in one write transaction; a file
+        made by an older taskbed gets the ``runner_token`` column.
         """
         deadline = time.monotonic() + busy_timeout
         delay = 0.001
@@ -191,11 +297,21 @@ class SQLiteStore:
             try:
                 if self.shared:
                     self._db.execute("PRAGMA journal_mode=WAL")
+                    # A checkpoint syncs the file: the writer thread runs it, never the loop.
+                    self._db.execute("PRAGMA wal_autocheckpoint=0")
                 self._db.execute("PRAGMA synchronous=NORMAL")
-                with self._transaction():
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
                     for statement in self.schema.split(";"):
                         if statement.strip():
                             self._db.execute(statement)
+                    columns = {r[1] for r in self._db.execute("PRAGMA table_info(tasks)")}
+                    if "runner_token" not in columns:  # pragma: no cover - an old file
+                        self._db.execute("ALTER TABLE tasks ADD COLUMN runner_token INTEGER")
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
                 return
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
@@ -203,61 +319,297 @@ class SQLiteStore:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.05)
 
-    # ------------------------------------------------------------ write-behind buffer
+    # ------------------------------------------------------------ the writer
+    #
+    # Every write is queued. At the end of the loop iteration the queue is written in one
+    # transaction on the loop thread, with a busy timeout of 0: a write that would have to
+    # wait (another process holds the lock) or that fails (I/O error, full disk) never
+    # waits there. Such a batch goes to the writer thread, which waits, retries and answers
+    # each write; while it works, every new write goes to it too, so writes stay in order.
 
-    def _apply_pending(self) -> None:
-        """Write buffered updates and messages; the caller holds the lock and a transaction.
+    async def _write(self, run: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Queue a write and wait until it is decided (made, refused, or failed for good)."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        write = _Write(run, time.monotonic() + self.retry_for, waiter=waiter)
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            self._queue.append(write)
+        self._schedule(loop)
+        # A cancelled caller cancels only its wait: the write stays queued and is made.
+        await waiter
+        return write.outcome()
 
-        Updates that set the same columns go in one ``executemany`` (a run of tasks mostly
-        sets status, updated_at, result and progress), the queued messages in another.
+    def _kept(self, write: _Write) -> None:
+        """Queue a write that no caller waits for (a message for an offline owner)."""
+        with self._lock:
+            if self._closed:
+                log.error("taskbed: %r is closed; a message for an offline owner is lost", self)
+                return
+            self._queue.append(write)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+        else:
+            self._schedule(loop)
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            if self._scheduled:
+                return
+            self._scheduled = True
+        loop.call_soon(self._flush_on_loop, loop)
+
+    def _flush_on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """End of a loop iteration: write the queue now, or hand it to the writer thread."""
+        with self._lock:
+            self._scheduled = False
+            if self._thread_busy:
+                return  # the thread takes the queue as it goes: writes stay in order
+            batch = [w for w in self._queue if not w.done and not w.delivered]
+            self._queue = []
+            if not batch:
+                return
+            self._in_flight = batch
+        failure = self._commit(batch, wait=False)
+        with self._lock:
+            self._in_flight = []
+            if failure is None:
+                self._committed(batch)
+            else:
+                self._queue = batch + self._queue
+                self._thread_busy = True
+        if failure is None:
+            for w in batch:
+                _answer(w)
+            if self._queue:  # deletes of messages drained while they were written
+                self._schedule(loop)
+            if self.shared and self._commits % _CHECKPOINT_EVERY == 0:
+                with self._lock:
+                    self._thread_busy = True  # writes queue up for the thread meanwhile
+                loop.run_in_executor(self._writer, self._checkpoint)
+        else:
+            # run_in_executor, not a bare submit: the harness's virtual loop sees the thread
+            # working and holds virtual time still meanwhile.
+            loop.run_in_executor(self._writer, self._work)
+
+    def _checkpoint(self) -> None:
+        """The writer thread: copy the WAL into the database file (what SQLite's automatic
+        checkpoint would do at a commit on the loop, with an fsync), then write what queued up."""
+        try:
+            with self._read_lock if not self.shared else contextlib.nullcontext():
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:  # another connection is checkpointing, or a fault
+            log.debug("taskbed: WAL checkpoint of %s skipped: %s", self.path, exc)
+        finally:
+            self._work()
+
+    def _committed(self, batch: list[_Write]) -> None:
+        """Mark a committed batch done; the caller holds the lock."""
+        for w in batch:
+            w.done = True
+            if w.delivered and w.seq is not None:  # drained meanwhile: unkeep its row
+                self._pending_delete.add(w.seq)
+                self._queue.append(self._delete_kept([w.seq]))
+            if w.deletes:
+                self._pending_delete.difference_update(w.deletes)
+        self._commits += 1
+
+    def _work(self) -> None:
+        """The writer thread: write what is queued, in transactions, until the queue is empty.
+
+        A failed transaction puts its writes back at the head of the queue and is retried
+        with a growing pause; a write whose window closed is answered with the error (a
+        kept message is not: it waits for the next round). Never raises.
         """
-        pending, self._pending = self._pending, {}
-        outbox, self._outbox = self._outbox, []
-        by_columns: dict[tuple[str, ...], list[tuple[object, ...]]] = {}
-        for task_id, changes in pending.items():
-            if not changes:  # update(task_id, {}) changes nothing (and "SET  WHERE" is invalid)
-                continue
-            names = tuple(changes)
-            values = [_dump(changes[n]) if n in _JSON_FIELDS else changes[n] for n in names]
-            by_columns.setdefault(names, []).append((*values, task_id))
-        for names, rows in by_columns.items():
-            assignments = ", ".join(f"{n} = ?" for n in names)
-            self._db.executemany(
-                f"UPDATE tasks SET {assignments} WHERE id = ? AND status IN ({_ACTIVE_SQL})", rows
-            )
-        if outbox:
-            self._db.executemany(
-                "INSERT INTO outbox (user_scope, org_scope, message) VALUES (?, ?, ?)", outbox
-            )
+        delay = 0.005
+        while True:
+            now = time.monotonic()
+            with self._lock:
+                self._thread_busy = True
+                batch = [w for w in self._queue if not w.done and not w.delivered]
+                if not batch or all(
+                    w.waiter is None and w.attempts and w.deadline < now for w in batch
+                ):
+                    self._queue = batch  # kept messages past their window: the next round
+                    self._thread_busy = False
+                    return
+                self._queue = []
+                self._in_flight = batch
+            failure = self._commit(batch, wait=True)
+            with self._lock:
+                self._in_flight = []
+                if failure is None:
+                    self._committed(batch)
+                    decided = batch
+                    delay = 0.005
+                else:
+                    decided, retry = [], []
+                    for w in batch:
+                        w.attempts += 1
+                        w.seq = None
+                        if w.delivered:
+                            continue  # drained while its transaction failed: nothing to keep
+                        if w.waiter is not None and (w.done or w.deadline < time.monotonic()):
+                            if not w.done:
+                                w.error = StoreWriteError(
+                                    f"could not write to the task store {self.path!r} for "
+                                    f"{self.retry_for:g} s ({w.attempts} attempts): {failure}; "
+                                    "the change was not made " + see("leases", "LEASE-7")
+                                )
+                                w.done = True
+                            decided.append(w)
+                        else:
+                            retry.append(w)
+                    self._queue = retry + self._queue
+            for w in decided:
+                if w.waiter is not None:
+                    with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
+                        w.waiter.get_loop().call_soon_threadsafe(_answer, w)
+            if failure is not None:
+                time.sleep(delay)
+                delay = min(delay * 2, 0.25)
+
+    def inject_fault(self, error: sqlite3.Error | None) -> None:
+        """Test seam: make every transaction fail with *error* until ``inject_fault(None)``.
+
+        What a full disk or a failing device does (``sqlite3.OperationalError("disk I/O
+        error")``): the writes are kept and retried as for a real fault. Reads still work.
+        """
+        self._fault = error
+
+    def _commit(self, batch: list[_Write], *, wait: bool) -> sqlite3.Error | None:
+        """Run *batch* in one transaction; the error that made it fail, or None.
+
+        *wait*: wait for a lock held elsewhere (the writer thread) or not (the loop).
+        """
+        with self._read_lock if not self.shared else contextlib.nullcontext():
+            try:
+                if self._fault is not None:
+                    raise self._fault
+                timeout = self._busy_ms if wait else 0
+                if timeout != self._timeout_set:
+                    self._db.execute(f"PRAGMA busy_timeout = {timeout}")
+                    self._timeout_set = timeout
+                self._db.execute("BEGIN IMMEDIATE")
+                for w in batch:
+                    try:
+                        w.result, w.error = w.run(self._db), None
+                    except _FATAL as exc:  # this write is wrong, not the store: answer it
+                        w.error = exc
+                    except Exception as exc:  # LeaseLostError and the like: answer it too
+                        if isinstance(exc, sqlite3.Error):
+                            raise
+                        w.error = exc
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                # no transaction may be left to roll back (it failed to begin)
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.ProgrammingError):  # closed: nothing will cure it
+                    for w in batch:
+                        w.error, w.done = self._closed_error(), True
+                return exc
+        return None
+
+    def _closed_error(self) -> StoreWriteError:
+        return StoreWriteError(
+            f"the task store {self.path!r} is closed; open a new SQLiteStore "
+            + see("leases", "LEASE-7")
+        )
+
+    def _now(self, db: sqlite3.Connection) -> float:
+        """The store's clock (the database's, unless one was given)."""
+        if self.clock is not None:
+            return self.clock.now()
+        return float(db.execute(_DB_NOW).fetchone()[0])
 
     def flush(self) -> None:
-        """Write every buffered update now, in one transaction."""
-        with self._lock:
-            self._flush_scheduled = False
-            if not (self._pending or self._outbox) or self._closed:
-                return
-            with self._transaction():
-                self._apply_pending()
+        """Write everything queued now, waiting for it (blocks: not for a running loop)."""
+        self._writer.submit(self._work).result()
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+    # ------------------------------------------------------------ leases and recovery
+
+    async def acquire(self, runtime_id: str, ttl: float) -> Lease:
+        def run(db: sqlite3.Connection) -> Lease:
+            (token,) = db.execute(
+                "INSERT INTO fencing (id, token) VALUES (1, 1) "
+                "ON CONFLICT (id) DO UPDATE SET token = token + 1 RETURNING token"
+            ).fetchone()
+            lease = Lease(runtime_id, token, self._now(db) + ttl)
+            db.execute(
+                "INSERT INTO runtime_leases (runtime_id, token, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (runtime_id) DO UPDATE SET token = excluded.token, "
+                "expires_at = excluded.expires_at",
+                lease,
+            )
+            return lease
+
+        lease: Lease = await self._write(run)
+        return lease
+
+    async def renew(self, lease: Lease, ttl: float) -> Lease | None:
+        def run(db: sqlite3.Connection) -> Lease | None:
+            renewed = lease._replace(expires_at=self._now(db) + ttl)
+            changed = db.execute(
+                "UPDATE runtime_leases SET expires_at = ? WHERE runtime_id = ? AND token = ?",
+                (renewed.expires_at, lease.runtime_id, lease.token),
+            ).rowcount
+            return renewed if changed else None
+
+        renewed: Lease | None = await self._write(run)
+        return renewed
+
+    async def release(self, lease: Lease) -> None:
+        await self._write(
+            lambda db: db.execute(
+                "DELETE FROM runtime_leases WHERE runtime_id = ? AND token = ?",
+                (lease.runtime_id, lease.token),
+            )
+        )
+
+    def leases(self) -> list[Lease]:
+        return [
+            Lease(*r)
+            for r in self._read("SELECT runtime_id, token, expires_at FROM runtime_leases", ())
+        ]
+
+    async def interrupt_orphans(self, now: float, error: str) -> list[TaskRecord]:
+        def run(db: sqlite3.Connection) -> list[TaskRecord]:
+            db.execute("DELETE FROM runtime_leases WHERE expires_at < ?", (self._now(db),))
+            rows = db.execute(
+                f"UPDATE tasks SET status = 'interrupted', error = ?, updated_at = ? "
+                f"WHERE status IN ({_INTERRUPTIBLE_SQL}) AND NOT EXISTS (SELECT 1 FROM "
+                "runtime_leases l WHERE l.runtime_id = tasks.runner_id "
+                f"AND l.token = tasks.runner_token) RETURNING {_COLUMNS}",
+                (error, now),
+            ).fetchall()
+            return [_row(r) for r in rows]
+
+        orphans: list[TaskRecord] = await self._write(run)
+        return orphans
 
     # ------------------------------------------------------------ rows
 
-    def insert_or_get_active(self, record: TaskRecord) -> tuple[TaskRecord, bool]:
+    async def insert_or_get_active(
+        self, record: TaskRecord, lease: Lease
+    ) -> tuple[TaskRecord, bool]:
+        record.runner_id, record.runner_token = lease.runtime_id, lease.token
         row = (
             record.id, scope(record.user_id), scope(record.organization_id), record.module,
             record.label, record.task_key, record.status, record.progress,
             _dump(record.checkpoint), _dump(record.result), record.error,
-            record.created_at, record.updated_at, record.runner_id,
+            record.created_at, record.updated_at, lease.runtime_id, lease.token,
         )  # fmt: skip
-        with self._lock, self._transaction():
-            if self._pending or self._outbox:  # the buffer rides along in this transaction
-                self._apply_pending()
-            inserted = self._db.execute(_INSERT, row).fetchone()
-            if inserted is not None:
+
+        def run(db: sqlite3.Connection) -> tuple[TaskRecord, bool]:
+            if db.execute(_HOLDS, (lease.runtime_id, lease.token)).fetchone() is None:
+                raise lease_lost(lease)
+            if db.execute(_INSERT, row).fetchone() is not None:
                 return record, True
-            holder = self._db.execute(
+            holder = db.execute(
                 f"SELECT {_COLUMNS} FROM tasks WHERE org_scope = ? AND task_key = ? "
                 f"AND task_key IS NOT NULL AND status IN ({_ACTIVE_SQL})",
                 (row[2], record.task_key),
@@ -266,40 +618,55 @@ class SQLiteStore:
                 raise sqlite3.IntegrityError(f"task id {record.id} already exists")
             return _row(holder), False
 
+        found: tuple[TaskRecord, bool] = await self._write(run)
+        return found
+
     def get(self, task_id: str) -> TaskRecord | None:
         found = self._query(_SELECT_BY_ID, (task_id,))
         return found[0] if found else None
 
-    def update(self, task_id: str, changes: dict[str, object]) -> None:
+    async def update(
+        self,
+        task_id: str,
+        changes: dict[str, object],
+        lease: Lease,
+        *,
+        keep: tuple[Owner, Message] | None = None,
+    ) -> bool:
         if not _FIELDS.issuperset(changes):  # no set to build in the usual case
             raise ValueError(f"cannot update task fields {sorted(set(changes) - _FIELDS)}")
-        with self._lock:
-            merged = self._pending.setdefault(task_id, {})
-            if merged.get("status") in _TERMINAL_VALUES:
-                return  # already terminal in the buffer: a terminal row never changes
-            merged.update(changes)
-            self._schedule_flush()
+        fence = (task_id, *lease[:2], *lease[:2])
+        if changes:
+            names = tuple(changes)
+            values = [_dump(changes[n]) if n in _JSON_FIELDS else changes[n] for n in names]
+            assignments = ", ".join(f"{n} = ?" for n in names)
+            sql = f"UPDATE tasks SET {assignments} WHERE id = ? AND {_FENCE}"
+            params = (*values, *fence)
+        else:  # changes nothing (and "SET  WHERE" is invalid); still fenced
+            sql, params = f"SELECT 1 FROM tasks WHERE id = ? AND {_FENCE}", fence
+        kept = None
+        if keep is not None:
+            owner, message = keep
+            kept = (scope(owner.user_id), scope(owner.organization_id), json.dumps(message))
 
-    def _schedule_flush(self) -> None:
-        """Flush at the end of this event-loop iteration, or now outside a running loop."""
-        with self._lock:
-            if self._flush_scheduled:
-                return
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
-            if loop is None:
-                self.flush()
-            else:
-                self._flush_scheduled = True
-                loop.call_soon(self.flush)
+        def run(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(sql, params)
+            matched = (cursor.rowcount if changes else len(cursor.fetchall())) == 1
+            if matched and kept is not None:
+                db.execute(
+                    "INSERT INTO outbox (user_scope, org_scope, message) VALUES (?, ?, ?)", kept
+                )
+            return matched
+
+        changed: bool = await self._write(run)
+        return changed
+
+    def _read(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        with self._read_lock:
+            return self._reader.execute(sql, params).fetchall()
 
     def _query(self, sql: str, params: tuple[object, ...]) -> list[TaskRecord]:
-        with self._lock:
-            if self._pending or self._outbox:
-                self.flush()
-            return [_row(values) for values in self._db.execute(sql, params)]
+        return [_row(values) for values in self._read(sql, params)]
 
     def find_by_key(self, task_key: str, organization_id: object) -> list[TaskRecord]:
         return self._query(
@@ -323,82 +690,108 @@ class SQLiteStore:
 
     def explain(self, sql: str, params: tuple[object, ...] = ()) -> list[str]:
         """The query plan SQLite would use (benchmarks show that queries use the indexes)."""
-        with self._lock:
-            return [str(r[-1]) for r in self._db.execute("EXPLAIN QUERY PLAN " + sql, params)]
+        return [str(r[-1]) for r in self._read("EXPLAIN QUERY PLAN " + sql, params)]
 
     # ------------------------------------------------------------ offline queue
 
     def enqueue(self, owner: Owner, message: Message) -> None:
-        # Buffered with the row updates and written in the same transaction: a queued
-        # "completed" is never committed while the row it reports is still "running" (a crash
-        # then would contradict it), and a run of tasks costs no commit per message.
-        with self._lock:
-            self._outbox.append(
-                (scope(owner.user_id), scope(owner.organization_id), json.dumps(message))
-            )
-            self._schedule_flush()
+        slot = (scope(owner.user_id), scope(owner.organization_id))
+        text = json.dumps(message)
+        write = _Write(lambda db: None, time.monotonic() + self.retry_for, slot, text)
+
+        def run(db: sqlite3.Connection) -> None:
+            (write.seq,) = db.execute(
+                "INSERT INTO outbox (user_scope, org_scope, message) VALUES (?, ?, ?) "
+                "RETURNING seq",
+                (*slot, text),
+            ).fetchone()
+
+        write.run = run
+        self._kept(write)
 
     def drain(self, owner: Owner) -> list[Message]:
-        with self._lock, self._transaction():
-            self._apply_pending()  # messages still in the buffer come out too, in order
-            kept = self._db.execute(
-                "DELETE FROM outbox WHERE user_scope = ? AND org_scope = ? RETURNING seq, message",
-                (scope(owner.user_id), scope(owner.organization_id)),
-            ).fetchall()
-        return [json.loads(message) for _, message in sorted(kept)]
+        """The owner's kept messages: those written, then those the writer still holds.
 
-    # ------------------------------------------------------------ leases and recovery
-
-    def heartbeat(self, lease: Lease) -> None:
+        Never waits for a lock: when the write lock is free at once, the written messages
+        are deleted as they are read; otherwise they are read and deleted by a later write
+        (and not handed out twice meanwhile). A message still queued is taken out of the
+        queue; one in a transaction under way is marked, so that its row is deleted once
+        written.
+        """
+        slot = (scope(owner.user_id), scope(owner.organization_id))
         with self._lock:
-            self._db.execute(
-                "INSERT INTO leases (runtime_id, expires_at, host, pid) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (runtime_id) DO UPDATE SET expires_at = excluded.expires_at",
-                lease,
-            )
+            unwritten = [w for w in self._queue if w.slot == slot and not w.delivered]
+            unwritten += [w for w in self._in_flight if w.slot == slot and not w.delivered]
+            unwritten.sort(key=lambda w: w.order)
+            skip = {w.seq for w in unwritten if w.seq is not None} | self._pending_delete
+            rows = None
+            if not self._thread_busy and not self._in_flight:
+                rows = self._delete_now(slot)
+            deferred = rows is None
+            if rows is None:
+                rows = self._read(
+                    "SELECT seq, message FROM outbox WHERE user_scope = ? AND org_scope = ? "
+                    "ORDER BY seq",
+                    slot,
+                )
+            rows = sorted(row for row in rows if row[0] not in skip)
+            for w in unwritten:
+                w.delivered = True
+            self._queue = [w for w in self._queue if not w.delivered]
+            if deferred and rows:
+                self._pending_delete.update(seq for seq, _ in rows)
+        if deferred and rows:
+            self._kept(self._delete_kept([seq for seq, _ in rows]))
+        return [json.loads(text) for _, text in rows] + [
+            json.loads(w.message) for w in unwritten if w.message is not None
+        ]
 
-    def leases(self) -> list[Lease]:
-        with self._lock:
-            return [Lease(*r) for r in self._db.execute("SELECT * FROM leases")]
+    def _delete_now(self, slot: tuple[str, str]) -> list[tuple[int, str]] | None:
+        """Delete and return an owner's written messages, if the lock is free at once."""
+        if self._fault is not None:
+            return None
+        with self._read_lock if not self.shared else contextlib.nullcontext():
+            try:
+                if self._timeout_set != 0:
+                    self._db.execute("PRAGMA busy_timeout = 0")
+                    self._timeout_set = 0
+                self._db.execute("BEGIN IMMEDIATE")
+                rows = self._db.execute(
+                    "DELETE FROM outbox WHERE user_scope = ? AND org_scope = ? "
+                    "RETURNING seq, message",
+                    slot,
+                ).fetchall()
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                return None
+        return [(seq, text) for seq, text in rows]
 
-    def interrupt_orphans(self, dead: Collection[str], now: float, error: str) -> list[TaskRecord]:
-        with self._lock, self._transaction():
-            self._apply_pending()
-            self._db.executemany("DELETE FROM leases WHERE runtime_id = ?", [(d,) for d in dead])
-            rows = self._db.execute(
-                f"UPDATE tasks SET status = 'interrupted', error = ?, updated_at = ? "
-                f"WHERE status IN ({_INTERRUPTIBLE_SQL}) AND (runner_id IS NULL OR "
-                "runner_id NOT IN (SELECT runtime_id FROM leases)) "
-                f"RETURNING {_COLUMNS}",
-                (error, now),
-            ).fetchall()
-        return [_row(r) for r in rows]
+    def _delete_kept(self, seqs: list[int]) -> _Write:
+        def run(db: sqlite3.Connection) -> None:
+            db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
 
-    def release(self, runtime_id: str) -> None:
-        with self._lock:
-            # What the runtime buffered (its tasks' last statuses and messages) is written
-            # before its lease goes: after that, recovery may treat its tasks as orphans.
-            self.flush()
-            self._db.execute("DELETE FROM leases WHERE runtime_id = ?", (runtime_id,))
+        return _Write(run, time.monotonic() + self.retry_for, ("", ""), None, deletes=tuple(seqs))
+
+    # ------------------------------------------------------------ closing
 
     def close(self) -> None:
-        """Write what is buffered and close the connection."""
+        """Write what is queued (waiting for it) and close the connections."""
         with self._lock:
             if self._closed:
                 return
-            self.flush()
             self._closed = True
-            self._db.close()
+        self.flush()
+        self._writer.shutdown(wait=True)
+        with self._lock:
+            left = [w for w in self._queue if not w.done and not w.delivered]
+        if left:
+            log.error("taskbed: %d writes to %s were never made (the store failed)", len(left),
+                      self.path)  # fmt: skip
+        self._db.close()
+        if self._reader is not self._db:
+            self._reader.close()
 
-
-class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error): takes the write lock first."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r})"

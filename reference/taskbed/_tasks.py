@@ -302,12 +302,12 @@ class Tasks:
             _close(coro_or_name)
             raise
         ctx = self._context()
-        # The task runs in a copy of this context, taken inside submit() (which never awaits):
+        # The task runs in a copy of this context, taken inside submit() once the store answered:
         # set for that call only, the task's current_sdk() is this SDK and the caller's is kept.
         variable = sdk_variable()
         token = variable.set(self.sdk if self.sdk is not None else variable.get())
         try:
-            return manager.submit(
+            return await manager.submit(
                 work,
                 owner=owner,
                 module=self._module,
@@ -553,7 +553,7 @@ class Tasks:
             raise TypeError(f"label must be a string, got {label!r}")
         manager = self._manager
         if manager is not None:
-            manager.update_progress(task_id, value, checkpoint, label)
+            await manager.update_progress(task_id, value, checkpoint, label)
 
     async def emit_progress(
         self,
