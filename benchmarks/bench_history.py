@@ -67,11 +67,11 @@ def fill(path: str, rows: int) -> float:
                 yield (
                     str(uuid.UUID(int=rng.getrandbits(128), version=4)), scope(i % 1000), org,
                     "bench", f"job {i}", history_key(i), "completed", 1.0, "{}",
-                    '{"ok": true}', None, ts, ts + 0.5, "old-runtime",
+                    '{"ok": true}', None, ts, ts + 0.5, "old-runtime", 1,
                 )  # fmt: skip
 
         db.execute("BEGIN")
-        db.executemany(f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 14)})", values())
+        db.executemany(f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 15)})", values())
         db.execute("COMMIT")
     finally:
         db.close()

@@ -83,7 +83,7 @@ def committed_inserts(n: int, path: str) -> Sample:
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
         insert = (
-            f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 14)}) "
+            f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 15)}) "
             "ON CONFLICT DO NOTHING RETURNING id"
         )
         with collected():
@@ -91,7 +91,7 @@ def committed_inserts(n: int, path: str) -> Sample:
             for _ in range(n):
                 now = time.time()
                 row = (str(uuid.uuid4()), "7", "10", "bench", "Background Task", None,
-                       "pending", 0.0, "{}", "null", None, now, now, "bench")  # fmt: skip
+                       "pending", 0.0, "{}", "null", None, now, now, "bench", 1)  # fmt: skip
                 db.execute("BEGIN IMMEDIATE")
                 db.execute(insert, row).fetchone()
                 db.execute("COMMIT")

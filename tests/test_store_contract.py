@@ -501,6 +501,7 @@ async def test_drain_after_more_enqueues(store: TaskStore) -> None:
 # ------------------------------------------------------------------ leases and fencing
 
 
+@pytest.mark.rule("LEASE-1")
 @pytest.mark.asyncio
 async def test_acquire_gives_a_fresh_growing_token(store: TaskStore, clock: FakeClock) -> None:
     assert store.leases() == []
@@ -521,6 +522,7 @@ async def test_renew_extends_on_the_store_clock(store: TaskStore, clock: FakeClo
     assert store.leases() == [renewed]
 
 
+@pytest.mark.rule("LEASE-4")
 @pytest.mark.asyncio
 async def test_a_lease_recovery_removed_is_never_renewed(
     store: TaskStore, clock: FakeClock
@@ -554,6 +556,7 @@ async def test_release_drops_only_that_lease(store: TaskStore) -> None:
     assert store.leases() == [b]
 
 
+@pytest.mark.rule("LEASE-2")
 @pytest.mark.asyncio
 async def test_writes_are_conditional_on_the_claim(store: TaskStore) -> None:
     a = await store.acquire("A", math.inf)
@@ -571,6 +574,7 @@ async def test_writes_are_conditional_on_the_claim(store: TaskStore) -> None:
     assert got.status == "running"
 
 
+@pytest.mark.rule("LEASE-2")
 @pytest.mark.asyncio
 async def test_a_lost_lease_writes_nothing(store: TaskStore, clock: FakeClock) -> None:
     lease = await store.acquire("A", 30.0)
@@ -585,6 +589,7 @@ async def test_a_lost_lease_writes_nothing(store: TaskStore, clock: FakeClock) -
     assert store.find_by_key("other", 10) == []
 
 
+@pytest.mark.rule("LEASE-2")
 @pytest.mark.asyncio
 async def test_a_reacquired_runtime_id_does_not_revive_old_claims(
     store: TaskStore, clock: FakeClock
@@ -597,6 +602,7 @@ async def test_a_reacquired_runtime_id_does_not_revive_old_claims(
     assert await store.update(row.id, {"status": "running"}, new) is False
 
 
+@pytest.mark.rule("LEASE-5")
 @pytest.mark.asyncio
 async def test_interrupt_orphans(store: TaskStore, clock: FakeClock) -> None:
     a = await store.acquire("A", 100.0)
@@ -641,6 +647,7 @@ async def test_interrupted_rows_never_change_again(store: TaskStore, clock: Fake
     assert store.get(row.id) == orphan
 
 
+@pytest.mark.rule("LEASE-3")
 @pytest.mark.asyncio
 async def test_update_keeps_its_message_only_if_it_matched(store: TaskStore) -> None:
     a = await store.acquire("A", math.inf)
@@ -754,6 +761,7 @@ async def test_sqlite_concurrent_writes_share_a_commit(sqlite_file: SQLiteStore)
     assert statements.count("COMMIT") == 1  # group commit: one transaction for all 50
 
 
+@pytest.mark.rule("LEASE-9")
 @pytest.mark.asyncio
 @pytest.mark.slow
 async def test_sqlite_a_held_write_lock_never_blocks_the_loop(sqlite_file: SQLiteStore) -> None:
@@ -770,6 +778,7 @@ async def test_sqlite_a_held_write_lock_never_blocks_the_loop(sqlite_file: SQLit
     assert raw_status(sqlite_file.path, row.id) == "running"
 
 
+@pytest.mark.rule("LEASE-7")
 @pytest.mark.asyncio
 @pytest.mark.slow
 async def test_sqlite_a_write_that_cannot_be_made_raises_and_the_store_recovers(
@@ -786,6 +795,7 @@ async def test_sqlite_a_write_that_cannot_be_made_raises_and_the_store_recovers(
     assert await sqlite_file.update(row.id, {"status": "running"}, lease) is True
 
 
+@pytest.mark.rule("LEASE-8")
 @pytest.mark.asyncio
 @pytest.mark.slow
 async def test_sqlite_kept_messages_survive_a_failing_transaction(
@@ -804,6 +814,7 @@ async def test_sqlite_kept_messages_survive_a_failing_transaction(
         reopened.close()
 
 
+@pytest.mark.rule("LEASE-9")
 @pytest.mark.asyncio
 async def test_sqlite_drain_never_waits_and_never_hands_out_twice(
     sqlite_file: SQLiteStore,

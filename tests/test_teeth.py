@@ -29,6 +29,7 @@ import pytest
 from taskbed import (
     ConnectionRegistry,
     Lease,
+    LeaseLostError,
     ManagerNotInitializedError,
     OSProcessRunner,
     Owner,
@@ -36,6 +37,7 @@ from taskbed import (
     RequestContext,
     Runtime,
     SQLiteStore,
+    StoreWriteError,
     TaskEvent,
     TaskManager,
     TaskRecord,
@@ -91,8 +93,9 @@ BROKEN = [
     # question. (Added to OWN-4's check of the owner's own get, which saw ended tasks only.)
     _broken("get-snapshot-hides-open-question", "GetSnapshotHidesOpenQuestion", "OWN-4"),
     # Durable messages for an offline owner are dropped. REC-3 states that they are kept
-    # across a restart, so it needs them kept in the first place.
-    _broken("offline-messages-dropped", "OfflineMessagesDropped", "OWN-5", "REC-3"),
+    # across a restart, so it needs them kept in the first place; LEASE-3 finds the
+    # recovery's error kept for the owner of a task taken from a paused runtime.
+    _broken("offline-messages-dropped", "OfflineMessagesDropped", "OWN-5", "REC-3", "LEASE-3"),
     # -- CTX
     # The task gets a synthetic context instead of the request's. CTX-1 (one request) and
     # CTX-2 (two concurrent ones) both compare the task's request id with the request's.
@@ -125,13 +128,30 @@ BROKEN = [
     _broken("no-manager-progress-raises", "NoManagerProgressRaises", "MGR-2"),
     # -- REC
     # No recovery at all: orphans stay active (REC-1), and the error message of a recovered
-    # task, which REC-3 expects in the offline queue, is never produced.
-    _broken("recovery-skipped", "RecoverySkipped", "REC-1", "REC-3"),
+    # task, which REC-3 expects in the offline queue, is never produced. The lease rules
+    # whose peer must take a paused runtime's task (LEASE-2, 3, 4, 6) fail with it.
+    _broken("recovery-skipped", "RecoverySkipped",
+            "REC-1", "REC-3", "LEASE-2", "LEASE-3", "LEASE-4", "LEASE-6"),
     # -- BG
     # error = "task failed: <str(exc)>". REC-3 expects the queued error of a failed task to
     # be str(exc) as well.
     _broken("failed-error-not-str-exc", "FailedErrorNotStrExc", "BG-6", "REC-3"),
     _broken("interrupted-task-silent", "InterruptedTaskSilent", "BG-8"),  # a SHOULD rule only
+    # -- LEASE
+    _broken("fencing-token-reused", "FencingTokenReused", "LEASE-1"),
+    _broken("insert-ignores-the-lease", "InsertIgnoresTheLease", "LEASE-2"),
+    _broken("unmatched-write-published", "UnmatchedWritePublished", "LEASE-3"),
+    # The old heartbeat: a renewal re-creates a lease that recovery removed, so a runtime
+    # with nothing to write never learns it lost its tasks (LEASE-4). LEASE-2's runtime
+    # still finds out, from its task's first fenced write.
+    _broken("lease-re-created", "LeaseReCreated", "LEASE-4"),
+    _broken("expiry-on-the-runtime-clock", "ExpiryOnTheRuntimeClock", "LEASE-5"),
+    _broken("missed-heartbeat-means-gone", "MissedHeartbeatMeansGone", "LEASE-6"),
+    _broken("progress-store-error-swallowed", "ProgressStoreErrorSwallowed", "LEASE-7"),
+    # A refused end is dropped, not retried: wait() polls a row that stays running forever
+    # (LEASE-7), and the end never reaches the store or the owner (LEASE-8).
+    _broken("unstored-end-dropped", "UnstoredEndDropped", "LEASE-7", "LEASE-8"),
+    _broken("writes-block-the-loop", "WritesBlockTheLoop", "LEASE-9"),
 ]
 # fmt: on
 
@@ -179,9 +199,9 @@ class PartsRuntime(Runtime):
 
     def __init__(self, store: Any = None, **kwargs: Any) -> None:
         if self.store_class is not None and isinstance(store, SQLiteStore):
-            path, clock = store.path, store.clock
+            path, clock, retry_for = store.path, store.clock, store.retry_for
             store.close()
-            store = self.store_class(path, clock=clock)
+            store = self.store_class(path, clock=clock, retry_for=retry_for)
         if self.runner_class is not None:
             kwargs.setdefault("process_runner", self.runner_class())
         super().__init__(store, **kwargs)
@@ -651,6 +671,154 @@ class _SilentInterruptManager(TaskManager):
 class InterruptedTaskSilent(ReferenceImplementation):
     name = "broken: an interrupted task tells nobody"
     runtime_class = runtime_with(manager_class=_SilentInterruptManager)
+
+
+# ---------------------------------------------------------------- LEASE
+
+
+class _ReusedTokenStore(SQLiteStore):
+    """Every lease gets token 1: the claim of a later runtime looks no newer."""
+
+    async def acquire(self, runtime_id: str, ttl: float) -> Lease:
+        def run(db: Any) -> Lease:
+            lease = Lease(runtime_id, 1, self._now(db) + ttl)
+            db.execute("INSERT OR REPLACE INTO runtime_leases VALUES (?, ?, ?)", lease)
+            return lease
+
+        lease: Lease = await self._write(run)
+        return lease
+
+
+class FencingTokenReused(ReferenceImplementation):
+    name = "broken: every lease has the same fencing token"
+    runtime_class = runtime_with(store_class=_ReusedTokenStore)
+
+
+class _UnfencedInsertStore(SQLiteStore):
+    """A task is created even under a lease the store no longer holds."""
+
+    async def insert_or_get_active(
+        self, record: TaskRecord, lease: Lease
+    ) -> tuple[TaskRecord, bool]:
+        try:
+            return await super().insert_or_get_active(record, lease)
+        except LeaseLostError:
+            ghost = await self.acquire(f"{lease.runtime_id}-ghost", 0.0)
+            return await super().insert_or_get_active(record, ghost)
+
+
+class InsertIgnoresTheLease(ReferenceImplementation):
+    name = "broken: a runtime that lost its lease still creates tasks"
+    runtime_class = runtime_with(store_class=_UnfencedInsertStore)
+
+
+class _PublishesAnywayManager(TaskManager):
+    """A task's outcome is sent even when the write of its end matched nothing."""
+
+    async def _write(
+        self, record: TaskRecord, changes: dict[str, object], *, keep: bool = False
+    ) -> bool:
+        stored = await super()._write(record, changes, keep=keep)
+        if keep and not stored:
+            self.channel.publish(record.owner, outcome_message(record), durable=True)
+        return stored
+
+
+class UnmatchedWritePublished(ReferenceImplementation):
+    name = "broken: an outcome the store refused is sent anyway"
+    runtime_class = runtime_with(manager_class=_PublishesAnywayManager)
+
+
+class _UpsertingRenewStore(SQLiteStore):
+    """A renewal re-creates a lease that recovery removed (the old heartbeat's upsert)."""
+
+    async def renew(self, lease: Lease, ttl: float) -> Lease | None:
+        renewed = await super().renew(lease, ttl)
+        if renewed is not None:
+            return renewed
+
+        def run(db: Any) -> Lease:
+            again = lease._replace(expires_at=self._now(db) + ttl)
+            db.execute("INSERT OR REPLACE INTO runtime_leases VALUES (?, ?, ?)", again)
+            return again
+
+        recreated: Lease = await self._write(run)
+        return recreated
+
+
+class LeaseReCreated(ReferenceImplementation):
+    name = "broken: a lost lease is re-created by the heartbeat"
+    runtime_class = runtime_with(store_class=_UpsertingRenewStore)
+
+
+class _RuntimeClockRuntime(PartsRuntime):
+    """Lease expiry is judged on each runtime's own clock instead of the store's."""
+
+    def __init__(self, store: Any = None, **kwargs: Any) -> None:
+        super().__init__(store, **kwargs)
+        if isinstance(self.store, SQLiteStore):
+            self.store.clock = self.clock
+
+
+class ExpiryOnTheRuntimeClock(ReferenceImplementation):
+    name = "broken: lease expiry is judged on the runtime's clock"
+    runtime_class = _RuntimeClockRuntime
+
+
+class _ImpatientRecoveryStore(SQLiteStore):
+    """A runtime that missed a heartbeat or so (15 s of a 30 s lease) is taken for gone."""
+
+    async def interrupt_orphans(self, now: float, error: str) -> list[TaskRecord]:
+        await self._write(
+            lambda db: db.execute(
+                "DELETE FROM runtime_leases WHERE expires_at < ?", (self._now(db) + 15.0,)
+            )
+        )
+        return await super().interrupt_orphans(now, error)
+
+
+class MissedHeartbeatMeansGone(ReferenceImplementation):
+    name = "broken: a missed heartbeat means the runtime is gone"
+    runtime_class = runtime_with(store_class=_ImpatientRecoveryStore)
+
+
+class _QuietProgressManager(TaskManager):
+    """update_progress swallows a store error (the update is silently lost)."""
+
+    async def update_progress(self, task_id: str, *args: Any) -> None:
+        with contextlib.suppress(StoreWriteError):
+            await super().update_progress(task_id, *args)
+
+
+class ProgressStoreErrorSwallowed(ReferenceImplementation):
+    name = "broken: update_progress swallows a store error"
+    runtime_class = runtime_with(manager_class=_QuietProgressManager)
+
+
+class _DropsUnstoredManager(TaskManager):
+    """A task end the store refused is dropped: no retry, nothing for wait() to report."""
+
+    def _keep_unstored(
+        self, record: TaskRecord, changes: dict[str, object], exc: StoreWriteError
+    ) -> None:
+        return None
+
+
+class UnstoredEndDropped(ReferenceImplementation):
+    name = "broken: a task end the store refused is dropped"
+    runtime_class = runtime_with(manager_class=_DropsUnstoredManager)
+
+
+class _BlockingStore(SQLiteStore):
+    """Writes on the event loop's thread wait for the lock (for up to busy_timeout)."""
+
+    def _commit(self, batch: Any, *, wait: bool) -> Any:
+        return super()._commit(batch, wait=True)
+
+
+class WritesBlockTheLoop(ReferenceImplementation):
+    name = "broken: a store write waits for the lock on the event loop"
+    runtime_class = runtime_with(store_class=_BlockingStore)
 
 
 # ---------------------------------------------------------------- the tests

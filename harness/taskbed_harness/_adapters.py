@@ -150,6 +150,9 @@ class ReferenceImplementation:
     runtime_class: type[Runtime] = Runtime
     #: The store each runtime opens on the instance's file (a seam for broken stores in tests).
     store_class: type[SQLiteStore] = SQLiteStore
+    #: How long (real seconds) a failing store write is retried before its caller hears of it;
+    #: short, so that the write-path rules (store_faults) run fast.
+    retry_for: float = 0.05
 
     def __init__(self, *, postgres: str | None = None) -> None:
         self.postgres = postgres
@@ -174,10 +177,12 @@ class ReferenceImplementation:
             if self._schema is None:
                 self._schema = _create_schema(self.postgres)
             dsn = f"{self.postgres} options=-csearch_path={self._schema}"
-            return PostgresStore(dsn, clock=clock)
+            return PostgresStore(dsn, clock=clock, retry_for=self.retry_for)
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="taskbed-conform-")
-        return self.store_class(os.path.join(self._dir.name, "tasks.db"), clock=clock)
+        return self.store_class(
+            os.path.join(self._dir.name, "tasks.db"), clock=clock, retry_for=self.retry_for
+        )
 
     def _new_runtime(self) -> Runtime:
         clock = None

@@ -183,9 +183,14 @@ class TaskManager:
             delay = self.lease_seconds / 3
             try:
                 renewed = await self.store.renew(self._claim(), self._ttl)
-            except Exception:
+            except StoreWriteError as exc:
                 # The store failed (a disk fault, a lock held too long). The lease may still
                 # be valid: try again next period; the store says when it is lost.
+                log.warning(
+                    "taskbed: runtime %s could not renew its lease: %s", self.runtime_id, exc
+                )
+                continue
+            except Exception:
                 log.exception("taskbed: could not renew the lease of runtime %s", self.runtime_id)
                 continue
             if renewed is None:
@@ -195,6 +200,8 @@ class TaskManager:
             try:
                 await self.recover()
                 await self._store_unstored()
+            except StoreWriteError as exc:
+                log.warning("taskbed: recovery could not write; tried again next period: %s", exc)
             except Exception:
                 log.exception("taskbed: recovery failed; it is tried again next period")
 
@@ -652,6 +659,11 @@ class TaskManager:
         if local is not None and local.task is not None:
             await asyncio.wait([local.task])
         while True:
+            record = self.store.get(task_id)
+            if record is None:
+                raise UnknownTaskError(f"no task with id {task_id!r}")
+            if record.status not in ACTIVE:
+                return record
             unstored = self._unstored.get(task_id)
             if unstored is not None:  # LEASE-7: never wait for a write that cannot be made
                 ended, _, exc = unstored
@@ -660,11 +672,6 @@ class TaskManager:
                     f"it ({exc}); the runtime keeps retrying and sends the outcome once it is "
                     "stored " + see("leases", "LEASE-8")
                 )
-            record = self.store.get(task_id)
-            if record is None:
-                raise UnknownTaskError(f"no task with id {task_id!r}")
-            if record.status not in ACTIVE:
-                return record
             # A task of another runtime on a shared store: poll, backing off to max_poll so a
             # long wait costs few reads (and little work on a virtual clock).
             await asyncio.sleep(poll)

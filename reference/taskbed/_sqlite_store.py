@@ -204,7 +204,7 @@ class _Write:
     #: The outbox rows this write deletes (drained, not to be handed out again meanwhile).
     deletes: tuple[int, ...] = ()
     #: Queue order: messages drained from the queue come out in the order they were kept.
-    order: int = dataclasses.field(default_factory=lambda: next(_orders))
+    order: int = dataclasses.field(default_factory=_orders.__next__)
 
     def outcome(self) -> Any:
         if self.error is not None:
@@ -329,7 +329,8 @@ class SQLiteStore:
                 raise self._closed_error()
             self._queue.append(write)
         self._schedule(loop)
-        await asyncio.shield(waiter)  # a cancelled caller does not undo the write
+        # A cancelled caller cancels only its wait: the write stays queued and is made.
+        await waiter
         return write.outcome()
 
     def _kept(self, write: _Write) -> None:
