@@ -8,6 +8,7 @@ an event before it returns, so the test can look at the row between answer and c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -18,9 +19,23 @@ from taskbed import Connection, ModuleSDK, Runtime, ui
 
 CONFIRM_KEYS = {"taskId", "label", "surfaceId", "components", "updatedAt", "updatedAtLabel"}
 COMPONENTS = [
-    {"type": "text", "text": "Go?"},
-    {"type": "button", "label": "Yes", "value": "Yes"},
-]
+    {"id": "q", "component": {"Text": {"text": {"literalString": "Go?"}}},
+     "children": {"explicitList": []}},
+    {
+        "id": "yes",
+        "component": {
+            "Button": {
+                "label": {"literalString": "Yes"},
+                "variant": "default",
+                "mode": "solid",
+                "btnsize": "normal",
+                "shape": "default",
+                "capabilities": ["enabled.set", "visible.set"],
+            }
+        },
+        "children": {"explicitList": []},
+    },
+]  # fmt: skip
 
 RequestAs = Callable[..., AbstractAsyncContextManager[ModuleSDK]]
 
@@ -40,7 +55,7 @@ class Asker:
 
         async def job() -> dict[str, Any]:
             task_id = await own_id
-            builder = sdk.ui.Builder().add(sdk.ui.Text("Go?")).add(sdk.ui.Button("Yes"))
+            builder = sdk.ui.Builder().add(sdk.ui.Text("q", "Go?")).add(sdk.ui.Button("yes", "Yes"))
             try:
                 answer = await sdk.tasks.request_confirmation(task_id, builder)
             except BaseException as exc:
@@ -108,7 +123,8 @@ async def test_request_confirmation_waits_and_pushes_the_surface(
     assert body["label"] == "Deploy"
     assert body["surfaceId"] == f"task_confirm_{tid}"
     assert body["components"] == COMPONENTS
-    assert body["components"] == ui.Builder().add(ui.Text("Go?")).add(ui.Button("Yes")).build()
+    builder = ui.Builder().add(ui.Text("q", "Go?")).add(ui.Button("yes", "Yes"))
+    assert body["components"] == builder.build()
     assert body["updatedAt"] == row["updatedAt"]
     assert body["updatedAtLabel"] == row["updatedAtLabel"]
 
@@ -199,7 +215,7 @@ async def test_request_confirmation_for_an_unknown_id_raises_value_error(
 ) -> None:
     owner = rt.connect(7, 10)
     async with request_as(user=7, org=10) as sdk:
-        builder = sdk.ui.Builder().add(sdk.ui.Text("Go?")).add(sdk.ui.Button("Yes"))
+        builder = sdk.ui.Builder().add(sdk.ui.Text("q", "Go?")).add(sdk.ui.Button("yes", "Yes"))
         with pytest.raises(ValueError, match=unknown):
             await asyncio.wait_for(sdk.tasks.request_confirmation(unknown, builder), 1)
         assert sdk.tasks.list_user_tasks(7, 10) == []
@@ -358,3 +374,39 @@ async def test_stopping_the_runtime_while_waiting_interrupts(
     assert row.status == "interrupted"
     assert [type(e) for e in asker.raised] == [asyncio.CancelledError]
     assert list(owner.messages[-1]) == ["backgroundTaskError"]
+
+
+# ---------------------------------------------------------------- CONF-6
+
+
+@pytest.mark.rule("CONF-6")
+@pytest.mark.asyncio
+async def test_an_answer_after_a_timed_out_question_does_not_answer_the_next(
+    rt: Runtime, request_as: RequestAs
+) -> None:
+    conn = rt.connect(7, 10)
+    timed_out, go_on = asyncio.Event(), asyncio.Event()
+    own_id: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    async with request_as() as sdk:
+
+        async def job() -> Any:
+            task_id = await own_id
+            question = ui.Builder().add(ui.Text("first", "First?"))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sdk.tasks.request_confirmation(task_id, question), 0.05)
+            timed_out.set()
+            await go_on.wait()
+            question = ui.Builder().add(ui.Text("second", "2?"))
+            return await sdk.tasks.request_confirmation(task_id, question)
+
+        task_id = await sdk.tasks.run_background(job(), "Twice")
+        own_id.set_result(task_id)
+    await asyncio.wait_for(timed_out.wait(), 5)
+    await conn.send({"backgroundTaskResponse": {"taskId": task_id, "response": "late"}})
+    go_on.set()
+    await until(lambda: len(confirmations(conn)) == 2)
+    await asyncio.sleep(0.05)
+    assert status(rt, task_id) == "waiting_confirmation"
+    await conn.send({"backgroundTaskResponse": {"taskId": task_id, "response": "fresh"}})
+    done = await rt.wait(task_id, timeout=2)
+    assert (done["status"], done["result"]) == ("completed", "fresh")

@@ -23,8 +23,15 @@ from pathlib import Path
 
 import pytest
 
-from taskbed_harness import RECORD_MODES, HarnessOptions, strategies
-from taskbed_harness._adapters import CAPABILITIES, SANDBOX_VARIABLES, Implementation
+from taskbed_harness import (
+    CAPABILITIES,
+    RECORD_MODES,
+    SANDBOX_VARIABLES,
+    Adapter,
+    HarnessOptions,
+    as_adapter,
+    strategies,
+)
 from taskbed_harness._cli import main
 from taskbed_harness._spec import load_rules
 
@@ -68,9 +75,15 @@ def files_of(directory: Path) -> dict[str, bytes]:
     }
 
 
+#: The module files the examples test (``docs/examples/<module>.py``), written for the platform.
+MODULE_FILES = sorted(p for p in EXAMPLES.glob("*.py") if not p.name.startswith("test_"))
+
+
 def copy_example(pytester: pytest.Pytester, example: Path) -> None:
-    """The example file and its cassettes, as they would sit in a user's tests directory."""
+    """The example file, the module files and its cassettes, as in a user's project."""
     shutil.copy(example, pytester.path / example.name)
+    for module in MODULE_FILES:
+        shutil.copy(module, pytester.path / module.name)
     cassettes = EXAMPLES / "cassettes" / example.stem
     if cassettes.is_dir():
         shutil.copytree(cassettes, pytester.path / "cassettes" / example.stem)
@@ -247,7 +260,8 @@ def test_the_example_adapter_maps_every_sandbox_variable() -> None:
     finally:
         sys.path.remove(str(EXAMPLES))
     adapter = my_adapter.make()
-    assert isinstance(adapter, Implementation)
+    assert isinstance(adapter, Adapter)
+    assert as_adapter(adapter) is adapter
     assert set(adapter.sandbox_names) == set(SANDBOX_VARIABLES)
     assert adapter.capabilities <= set(CAPABILITIES)
 
@@ -274,10 +288,10 @@ def test_the_recording_guide_lists_every_record_mode() -> None:
 
 def test_the_conformance_guide_covers_the_whole_protocol() -> None:
     page = guide("conformance.md")
-    capabilities = section(page, "The `Implementation` protocol")
+    capabilities = section(page, "The `Adapter` protocol")
     assert set(CAPABILITIES) <= table_names(capabilities)
-    members = {n for n in dir(Implementation) if not n.startswith("_")}
-    members |= set(Implementation.__annotations__)
+    members = {n for n in dir(Adapter) if not n.startswith("_")}
+    members |= set(Adapter.__annotations__)
     headings = {
         name
         for line in re.findall(r"^### .*$", page, re.MULTILINE)
@@ -305,7 +319,10 @@ DOC_LINK = re.compile(r"docs/(guides/[\w-]+\.md)(?:#([\w-]+))?")
 
 
 def test_error_messages_link_to_pages_and_anchors_that_exist() -> None:
-    sources = (ROOT / "harness" / "taskbed_harness").glob("*.py")
+    sources = [
+        *(ROOT / "harness" / "taskbed_harness").glob("*.py"),
+        *(ROOT / "reference" / "taskbed").glob("*.py"),
+    ]
     links = {m.groups() for path in sources for m in DOC_LINK.finditer(path.read_text("utf-8"))}
     assert ("guides/harness.md", "options") in links
     for page, anchor in links:

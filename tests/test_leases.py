@@ -285,7 +285,9 @@ async def test_a_live_runtime_in_another_pid_namespace_is_alive(tmp_path: Path) 
     path = tmp_path / "t.db"
     # unshare: the peer runs in a PID namespace of its own, with this host's name; its process
     # id means nothing here.
-    with child(HOLDING_PEER, str(path), "1.0", prefix=("unshare", "--pid", "--fork")) as peer:
+    # --kill-child: the peer is its namespace's init; killing unshare must take it along.
+    unshared = ("unshare", "--pid", "--fork", "--kill-child")
+    with child(HOLDING_PEER, str(path), "1.0", prefix=unshared) as peer:
         ready = peer.read()
         assert ready["pid"] != peer.proc.pid
         async with started(path, lease_seconds=1.0) as rt:

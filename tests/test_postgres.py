@@ -373,7 +373,7 @@ async def test_an_owner_on_host_b_answers_a_confirmation_on_host_a(hosts: Hosts)
 
         async def job() -> Any:
             return await sdk.tasks.request_confirmation(
-                ids[0], ui.Builder().add(ui.Text("Publish?")).add(ui.Button("Yes"))
+                ids[0], ui.Builder().add(ui.Text("q", "Publish?")).add(ui.Button("yes", "Yes"))
             )
 
         ids: list[str] = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -1148,3 +1149,22 @@ def test_memory_and_postgres_stores_agree(ops: list[tuple[Any, ...]], postgres_d
                 "TRUNCATE taskbed_tasks, taskbed_outbox, taskbed_leases, taskbed_presence;"
                 "ALTER SEQUENCE taskbed_fencing RESTART"
             )
+
+
+@pytest.mark.rule("LEASE-9")
+@pytest.mark.asyncio
+async def test_sqlite_checkpoints_in_the_writer_thread(tmp_path: Path) -> None:
+    """SQLite's automatic checkpoint (an fsync at a commit) is off on the loop's connection;
+    the writer thread checkpoints instead, so the WAL does not grow without bound."""
+    store = SQLiteStore(tmp_path / "t.db")
+    try:
+        lease = await claim(store, "rt-A")
+        row = await insert(store, rec())
+        assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        for n in range(1500):  # one commit each
+            assert await store.update(row.id, {"progress": n / 1500, "label": "x" * 500}, lease)
+        await asyncio.sleep(0.2)  # the last checkpoint's thread finishes
+        wal = os.path.getsize(f"{store.path}-wal")
+        assert wal < 4_000_000, f"the WAL grew to {wal} bytes: no checkpoint ran"
+    finally:
+        store.close()

@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 # that has taskbed[harness]; importing it runs this file. Names resolve lazily (PEP 562) so that
 # costs nothing until a test uses the harness; type checkers see the plain imports below.
 if TYPE_CHECKING:
-    from ._adapters import CAPABILITIES as CAPABILITIES
-    from ._adapters import SANDBOX_VARIABLES as SANDBOX_VARIABLES
+    from ._actions import action as action
+    from ._actions import resolve_action as resolve_action
     from ._adapters import FakeImplementation as FakeImplementation
     from ._adapters import Implementation as Implementation
     from ._adapters import ReferenceImplementation as ReferenceImplementation
+    from ._adapters import ReferencePeer as ReferencePeer
     from ._adapters import fake as fake_implementation
     from ._adapters import reference as reference_implementation
     from ._client import ClientView as ClientView
@@ -31,8 +32,11 @@ if TYPE_CHECKING:
     from ._clock import new_virtual_loop as new_virtual_loop
     from ._conform import Outcome as Outcome
     from ._conform import Result as Result
+    from ._conform import RuntimeView as RuntimeView
     from ._conform import run_rule as run_rule
     from ._conform import run_suite as run_suite
+    from ._emitted import Emission as Emission
+    from ._emitted import Emitted as Emitted
     from ._fake import FakeTaskManager as FakeTaskManager
     from ._fake import HarnessRuntime as HarnessRuntime
     from ._fake import InjectedFailure as InjectedFailure
@@ -46,12 +50,38 @@ if TYPE_CHECKING:
     from ._processes import ProcessCall as ProcessCall
     from ._processes import RecordedProcessRunner as RecordedProcessRunner
     from ._processes import UnmatchedCommandError as UnmatchedCommandError
+    from ._protocol import CAPABILITIES as CAPABILITIES
+    from ._protocol import SANDBOX_VARIABLES as SANDBOX_VARIABLES
+    from ._protocol import Adapter as Adapter
+    from ._protocol import Button as Button
+    from ._protocol import LegacyAdapter as LegacyAdapter
+    from ._protocol import Peer as Peer
+    from ._protocol import ProtocolError as ProtocolError
+    from ._protocol import Surface as Surface
+    from ._protocol import Text as Text
+    from ._protocol import as_adapter as as_adapter
     from ._spec import Rule as Rule
     from ._spec import load_rules as load_rules
+    from ._standin import StandinFinder as StandinFinder
+    from ._standin import install_democrai_standin as install_democrai_standin
+    from ._standin import platform_installed as platform_installed
+    from ._standin import uninstall_democrai_standin as uninstall_democrai_standin
 
 _WHERE: dict[str, tuple[str, str]] = {
-    "CAPABILITIES": ("._adapters", "CAPABILITIES"),
-    "SANDBOX_VARIABLES": ("._adapters", "SANDBOX_VARIABLES"),
+    "CAPABILITIES": ("._protocol", "CAPABILITIES"),
+    "SANDBOX_VARIABLES": ("._protocol", "SANDBOX_VARIABLES"),
+    "Adapter": ("._protocol", "Adapter"),
+    "Button": ("._protocol", "Button"),
+    "LegacyAdapter": ("._protocol", "LegacyAdapter"),
+    "Peer": ("._protocol", "Peer"),
+    "ProtocolError": ("._protocol", "ProtocolError"),
+    "Surface": ("._protocol", "Surface"),
+    "Text": ("._protocol", "Text"),
+    "as_adapter": ("._protocol", "as_adapter"),
+    "ReferencePeer": ("._adapters", "ReferencePeer"),
+    "RuntimeView": ("._conform", "RuntimeView"),
+    "action": ("._actions", "action"),
+    "resolve_action": ("._actions", "resolve_action"),
     "FakeImplementation": ("._adapters", "FakeImplementation"),
     "Implementation": ("._adapters", "Implementation"),
     "ReferenceImplementation": ("._adapters", "ReferenceImplementation"),
@@ -68,6 +98,8 @@ _WHERE: dict[str, tuple[str, str]] = {
     "Result": ("._conform", "Result"),
     "run_rule": ("._conform", "run_rule"),
     "run_suite": ("._conform", "run_suite"),
+    "Emission": ("._emitted", "Emission"),
+    "Emitted": ("._emitted", "Emitted"),
     "FakeTaskManager": ("._fake", "FakeTaskManager"),
     "HarnessRuntime": ("._fake", "HarnessRuntime"),
     "InjectedFailure": ("._fake", "InjectedFailure"),
@@ -83,6 +115,10 @@ _WHERE: dict[str, tuple[str, str]] = {
     "UnmatchedCommandError": ("._processes", "UnmatchedCommandError"),
     "Rule": ("._spec", "Rule"),
     "load_rules": ("._spec", "load_rules"),
+    "StandinFinder": ("._standin", "StandinFinder"),
+    "install_democrai_standin": ("._standin", "install_democrai_standin"),
+    "platform_installed": ("._standin", "platform_installed"),
+    "uninstall_democrai_standin": ("._standin", "uninstall_democrai_standin"),
 }
 
 __all__ = (
@@ -92,9 +128,13 @@ __all__ = (
     "DEFAULT_START",
     "RECORD_MODES",
     "SANDBOX_VARIABLES",
+    "Adapter",
+    "Button",
     "CassetteError",
     "ClientView",
     "DeadlockError",
+    "Emission",
+    "Emitted",
     "FakeImplementation",
     "FakeTaskManager",
     "FreezegunConflictError",
@@ -103,22 +143,36 @@ __all__ = (
     "HarnessRuntime",
     "Implementation",
     "InjectedFailure",
+    "LegacyAdapter",
     "Outcome",
+    "Peer",
     "ProcessCall",
+    "ProtocolError",
     "RecordedProcessRunner",
     "ReferenceImplementation",
+    "ReferencePeer",
     "Result",
     "Rule",
+    "RuntimeView",
+    "StandinFinder",
     "Submission",
+    "Surface",
+    "Text",
     "UnmatchedCommandError",
     "VirtualClock",
     "VirtualEventLoop",
+    "action",
+    "as_adapter",
     "fake_implementation",
+    "install_democrai_standin",
     "load_rules",
     "new_virtual_loop",
+    "platform_installed",
     "reference_implementation",
+    "resolve_action",
     "run_rule",
     "run_suite",
+    "uninstall_democrai_standin",
 )
 
 

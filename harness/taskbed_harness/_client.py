@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 Message = dict[str, Any]
@@ -43,16 +43,23 @@ class ClientView:
         expect(kind, *, within=None, **fields) -> dict: the next message is *kind* with those
             body fields (camelCase, compared with ==); returns its body.
         expect_nothing(within): no message arrives during *within* seconds of virtual time.
-        respond(task_id, response), cancel(task_id): send a client command as this user.
+        respond(task_id, response), cancel(task_id): send a client command as this user
+            (with ``settle``, the adapter's hook, awaited after each command).
         get(task_id) -> dict: ask for a snapshot of the task and return the reply message.
         disconnect(), reconnect(): go offline (durable messages are kept) and come back.
         messages, kinds, bodies(kind), timeline: what was received, over all connections.
     """
 
     def __init__(
-        self, connect: Callable[[Any, Any], ClientConnection], user_id: Any, organization_id: Any
+        self,
+        connect: Callable[[Any, Any], ClientConnection],
+        user_id: Any,
+        organization_id: Any,
+        *,
+        settle: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._connect = connect
+        self._settle = settle
         self.user_id = user_id
         self.organization_id = organization_id
         self._connections: list[ClientConnection] = []
@@ -122,18 +129,9 @@ class ClientView:
                 "but nothing arrived\n" + self._transcript()
             ) from None
         body = _body(message)
-        wrong = {k: v for k, v in fields.items() if body.get(k, _MISSING) != v}
-        if _kind(message) != kind or wrong:
-            diff = "\n".join(
-                f"    {k}: expected {v!r}, got {body.get(k, '<missing>')!r}"
-                for k, v in wrong.items()
-            )
-            raise AssertionError(
-                f"expected {kind} with {fields}\n"
-                f"     got {_kind(message)} {json.dumps(body)}\n"
-                + (f"  differing fields:\n{diff}\n" if diff else "")
-                + self._transcript()
-            )
+        wrong = mismatch(kind, fields, _kind(message), body)
+        if wrong is not None:
+            raise AssertionError(wrong + self._transcript())
         return body
 
     async def expect_nothing(self, within: float) -> None:
@@ -147,21 +145,25 @@ class ClientView:
 
     # ------------------------------------------------------------ sending
 
-    async def respond(self, task_id: str, response: Any) -> None:
-        await self.connection.send(
-            {"backgroundTaskResponse": {"taskId": task_id, "response": response}}
-        )
+    async def send(self, message: Message) -> None:
+        """Send a client command and, on an asynchronous bus, await its effect (``settle``)."""
+        await self.connection.send(message)
+        if self._settle is not None:
+            await self._settle()
 
-    async def cancel(self, task_id: str) -> None:
-        await self.connection.send({"backgroundTaskCancel": {"taskId": task_id}})
+    async def respond(self, task_id: Any, response: Any) -> None:
+        await self.send({"backgroundTaskResponse": {"taskId": task_id, "response": response}})
 
-    async def get(self, task_id: str) -> Message | None:
+    async def cancel(self, task_id: Any) -> None:
+        await self.send({"backgroundTaskCancel": {"taskId": task_id}})
+
+    async def get(self, task_id: Any) -> Message | None:
         """Ask for the task's snapshot and return the reply (None for a task this user cannot see).
 
         The reply also stays in the message stream, where ``expect`` will meet it.
         """
         before = len(self.connection.messages)
-        await self.connection.send({"backgroundTaskGet": {"taskId": task_id}})
+        await self.send({"backgroundTaskGet": {"taskId": task_id}})
         return self.connection.messages[before] if len(self.connection.messages) > before else None
 
     # ------------------------------------------------------------ presence
@@ -181,3 +183,21 @@ class ClientView:
 
 
 _MISSING = object()
+
+
+def mismatch(kind: str, fields: dict[str, Any], got_kind: str, body: dict[str, Any]) -> str | None:
+    """What differs between the expected *kind* / *fields* and what came, or None if nothing.
+
+    Shared by the client's and the emitted view's ``expect``: fields compare with ``==``.
+    """
+    wrong = {k: v for k, v in fields.items() if body.get(k, _MISSING) != v}
+    if got_kind == kind and not wrong:
+        return None
+    diff = "\n".join(
+        f"    {k}: expected {v!r}, got {body.get(k, '<missing>')!r}" for k, v in wrong.items()
+    )
+    return (
+        f"expected {kind} with {fields}\n"
+        f"     got {got_kind} {json.dumps(body, default=repr)}\n"
+        + (f"  differing fields:\n{diff}\n" if diff else "")
+    )
