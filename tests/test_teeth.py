@@ -249,9 +249,9 @@ BROKEN = [
 # Rules without a tooth of their own (docs/guides/conformance.md#the-suites-teeth says why):
 # DEDUP-4 (the facade turns "" into no key before any public seam sees it), CTX-3 (a task's
 # context is a copy of its submitter's: a variant that reads the module elsewhere fails
-# CMD-10 or CTX-1 first), REC-2 (its broken variants, a takeover of a live runtime's tasks or
-# a lost heartbeat, need a second live runtime: REC-4 catches them).
-NO_TOOTH = {"DEDUP-4", "CTX-3", "REC-2"}
+# CMD-10 or CTX-1 first). REC-2 has one now: a heartbeat that renews nothing loses a long
+# task to recovery (lease-never-refreshed).
+NO_TOOTH = {"DEDUP-4", "CTX-3"}
 
 RULES = load_rules()
 RULE_IDS = {rule.id for rule in RULES}

@@ -263,7 +263,8 @@ class ReferenceImplementation(Adapter):
         processes on one database).
         """
         self.runtime  # noqa: B018 - a peer joins a started implementation's store
-        other = type(self)(postgres=self.postgres)
+        # A subclass may take no arguments: pass the DSN only where there is one.
+        other = type(self)() if self.postgres is None else type(self)(postgres=self.postgres)
         other._schema = self._schema
         other._dir = self._dir
         other._registered = self._registered

@@ -238,6 +238,9 @@ class RuntimeView:
         self.adapter = adapter
         self._owners = _Owners()
         self._track = not overrides(adapter, "wait")
+        #: True when the adapter has no ``wait`` and the suite's polling stands in for it
+        #: (a rule about the implementation's own ``wait`` then has nothing to judge).
+        self.waits_by_polling = self._track
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.adapter, name)
