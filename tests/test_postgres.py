@@ -242,11 +242,12 @@ async def test_a_message_too_big_for_a_notification_still_arrives(hosts: Hosts) 
 
 
 async def test_presence_of_a_host_whose_database_connection_died_does_not_count(
-    hosts: Hosts, postgres_dsn: str
+    hosts: Hosts, postgres_dsn: str, request: pytest.FixtureRequest
 ) -> None:
     """A host that dies is connected nowhere as soon as PostgreSQL sees its backend go."""
     async with hosts(1) as (a,):
         ghost = PostgresStore(postgres_dsn)
+        request.addfinalizer(ghost.close)
         ghost.join(Owner(7, 10))
         with psycopg.connect(postgres_dsn, autocommit=True) as admin:
             admin.execute(

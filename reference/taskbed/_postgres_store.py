@@ -49,6 +49,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -917,7 +918,21 @@ class PostgresStore:
             skip = self._skip | {
                 w.seq for w in self._in_flight if w.delivered and w.seq is not None
             }
-        return sorted((int(seq), str(text)) for seq, text in rows if int(seq) not in skip)
+            # Handed out while committing, their row numbers not yet read back: known by text.
+            unread = Counter(
+                w.message
+                for w in self._in_flight
+                if w.delivered and w.seq is None and w.slot == slot and w.message is not None
+            )
+        kept = []
+        for seq, text in sorted((int(seq), str(text)) for seq, text in rows):
+            if seq in skip:
+                continue
+            if unread[text] > 0:
+                unread[text] -= 1
+                continue
+            kept.append((seq, text))
+        return kept
 
     def _delete_kept(self, seqs: list[int]) -> _Write:
         def run(cur: psycopg.Cursor[tuple[Any, ...]]) -> Callable[[], None]:
