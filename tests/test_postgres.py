@@ -242,11 +242,12 @@ async def test_a_message_too_big_for_a_notification_still_arrives(hosts: Hosts) 
 
 
 async def test_presence_of_a_host_whose_database_connection_died_does_not_count(
-    hosts: Hosts, postgres_dsn: str
+    hosts: Hosts, postgres_dsn: str, request: pytest.FixtureRequest
 ) -> None:
     """A host that dies is connected nowhere as soon as PostgreSQL sees its backend go."""
     async with hosts(1) as (a,):
         ghost = PostgresStore(postgres_dsn)
+        request.addfinalizer(ghost.close)
         ghost.join(Owner(7, 10))
         with psycopg.connect(postgres_dsn, autocommit=True) as admin:
             admin.execute(
@@ -520,3 +521,74 @@ async def test_the_listener_reconnects_when_its_connection_breaks(
             task_id = await sdk.tasks.run_background(asyncio.sleep(0, "after"))
         await a.wait(task_id)
         assert kinds(await receive(conn, 2)) == ["backgroundTaskStarted", "backgroundTaskCompleted"]
+
+
+PAUSED = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from taskbed import PostgresStore, Runtime
+
+    async def main(dsn):
+        store = PostgresStore(dsn)
+        rt = Runtime(store=store, lease_seconds=0.6)
+        await rt.start()
+        sdk = rt.sdk(session={"user": {"id": 7, "organization_id": 10}}, module="mod")
+
+        async def job():
+            await asyncio.sleep(1.5)  # SIGSTOP arrives meanwhile
+            return "late"
+
+        task_id = await sdk.tasks.run_background(job(), "Paused", task_key="paused")
+        print(json.dumps(task_id), flush=True)
+        await asyncio.sleep(3)  # after SIGCONT: the heartbeat finds the lease gone
+        print(json.dumps({"lost": rt.lease_lost}), flush=True)
+        await rt.stop()
+        store.close()
+
+    asyncio.run(main(sys.argv[1]))
+    """
+)
+
+
+@pytest.mark.slow
+async def test_a_host_paused_past_its_lease_is_fenced_and_its_late_end_never_heard(
+    postgres_dsn: str,
+) -> None:
+    store = PostgresStore(postgres_dsn)
+    try:
+        async with Runtime(store=store, lease_seconds=0.6) as survivor:
+            conn = survivor.connect(7, 10)
+            paused = subprocess.Popen(
+                [sys.executable, "-c", PAUSED, postgres_dsn],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            try:
+                assert paused.stdout is not None
+                task_id = json.loads(await asyncio.to_thread(paused.stdout.readline))
+                paused.send_signal(signal.SIGSTOP)
+                row = await survivor.wait(task_id, timeout=20)  # recovered meanwhile
+                assert row["status"] == "interrupted"
+                paused.send_signal(signal.SIGCONT)
+                report = json.loads(await asyncio.to_thread(paused.stdout.readline))
+                assert report == {"lost": True}  # it found out, and says so
+            finally:
+                paused.send_signal(signal.SIGCONT)
+                _, err = await asyncio.to_thread(paused.communicate, timeout=60)
+            assert paused.returncode == 0, err
+            await asyncio.sleep(1.0)
+            mine = [m for m in conn.messages if task_of(m) == task_id]
+            # The recovery's error, once and last; nothing of the paused host's after it (its
+            # started message, if it was still unsent at SIGSTOP, is fenced off too).
+            assert kinds(mine) in (
+                ["backgroundTaskStarted", "backgroundTaskError"],
+                ["backgroundTaskError"],
+            )
+            after = store.get(task_id)
+            assert after is not None
+            assert (after.status, after.result) == ("interrupted", None)  # the late end: fenced
+            async with survivor.request(session=make_session(), module="mod") as sdk:
+                fresh = await sdk.tasks.run_background(asyncio.sleep(0), task_key="paused")
+            assert fresh != task_id
+            await survivor.wait(fresh)
+    finally:
+        store.close()

@@ -49,6 +49,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -349,6 +350,9 @@ class PostgresStore:
         self._closed = False
         self._commits = 0
         self._fault: BaseException | None = None  # inject_fault (a test seam)
+        #: The lease this store's runtime holds: messages it sends to other hosts go only
+        #: while the store still holds it (a fenced-off runtime is heard no more, LEASE-3).
+        self._claim: Lease | None = None
         #: Outbox rows already handed out (drained while being written), their delete queued.
         self._skip: set[int] = set()
         #: Which owners have connections on other hosts: (user scope, org scope) -> nodes.
@@ -643,6 +647,7 @@ class PostgresStore:
             return finish
 
         lease: Lease = await self._write(run)
+        self._claim = lease
         return lease
 
     async def renew(self, lease: Lease, ttl: float) -> Lease | None:
@@ -662,6 +667,8 @@ class PostgresStore:
             return finish
 
         renewed: Lease | None = await self._write(run)
+        if renewed is not None and self._claim is not None and renewed[:2] == self._claim[:2]:
+            self._claim = renewed
         if renewed is not None:
             self._housekeeping()
         return renewed
@@ -686,6 +693,8 @@ class PostgresStore:
             return lambda: None
 
         await self._write(run)
+        if self._claim is not None and self._claim[:2] == lease[:2]:
+            self._claim = None  # stopped cleanly: nothing left to fence
 
     def leases(self) -> list[Lease]:
         rows = self._read("SELECT runtime_id, token, expires_at FROM taskbed_leases", ())
@@ -909,7 +918,21 @@ class PostgresStore:
             skip = self._skip | {
                 w.seq for w in self._in_flight if w.delivered and w.seq is not None
             }
-        return sorted((int(seq), str(text)) for seq, text in rows if int(seq) not in skip)
+            # Handed out while committing, their row numbers not yet read back: known by text.
+            unread = Counter(
+                w.message
+                for w in self._in_flight
+                if w.delivered and w.seq is None and w.slot == slot and w.message is not None
+            )
+        kept = []
+        for seq, text in sorted((int(seq), str(text)) for seq, text in rows):
+            if seq in skip:
+                continue
+            if unread[text] > 0:
+                unread[text] -= 1
+                continue
+            kept.append((seq, text))
+        return kept
 
     def _delete_kept(self, seqs: list[int]) -> _Write:
         def run(cur: psycopg.Cursor[tuple[Any, ...]]) -> Callable[[], None]:
@@ -928,7 +951,15 @@ class PostgresStore:
             delivered: a connection of this host received it already.
         """
         params = self._route_params(owner, message, keep=durable and not delivered)
-        sql = f"WITH g AS (SELECT 1) {_ROUTE}"
+        claim = self._claim
+        if claim is None:
+            sql = f"WITH g AS (SELECT 1) {_ROUTE}"
+        else:
+            params.update(crid=claim.runtime_id, ctok=claim.token)
+            sql = (
+                "WITH g AS (SELECT 1 FROM taskbed_leases WHERE runtime_id = %(crid)s "
+                f"AND token = %(ctok)s) {_ROUTE}"
+            )
         if params["payload"] is None:
             sql = self._bulletin_sql(sql)
 
