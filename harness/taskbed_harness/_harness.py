@@ -263,10 +263,15 @@ class Harness:
         organization: Any = _UNSET,
         module: str | None = None,
         request_id: str | None = "request-1",
+        session: dict[str, Any] | None = None,
     ) -> AsyncIterator[ModuleSDK]:
-        """``async with tb.request() as sdk:``: one request of a user to a module."""
+        """``async with tb.request() as sdk:``: one request of a user to a module.
+
+        *session* replaces the session built from *user* and *organization* (e.g. to add
+        ``"user_language": "it"`` to ``tb.session()``).
+        """
         async with self.runtime.request(
-            session=self.session(user, organization),
+            session=self.session(user, organization) if session is None else session,
             module=module or self.options.module,
             request_id=request_id,
         ) as sdk:
@@ -281,6 +286,7 @@ class Harness:
         organization: Any = _UNSET,
         module: str | None = None,
         request_id: str | None = "request-1",
+        session: dict[str, Any] | None = None,
     ) -> Any:
         """Call an action as the platform does: ``action(ctx, session, module_sdk)``, one request.
 
@@ -292,6 +298,7 @@ class Harness:
             action: the action function (``@action`` or a plain ``async def f(ctx, session,
                 module_sdk)``), or the name it was registered under with ``@action``.
             ctx: the action's context (``{"storage_ref": ...}``); ``{}`` by default.
+            session: the session, instead of the one *user* and *organization* make.
 
         Raises:
             LookupError: no action is registered under that name.
@@ -307,7 +314,11 @@ class Harness:
                 "(see docs/guides/testing-modules.md#calling-an-action)"
             )
         async with self.request(
-            user=user, organization=organization, module=module, request_id=request_id
+            user=user,
+            organization=organization,
+            module=module,
+            request_id=request_id,
+            session=session,
         ) as sdk:
             response = await func(ctx, sdk.session, sdk)
         self.emitted.add_response(response)
