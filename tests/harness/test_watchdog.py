@@ -22,7 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from taskbed_harness import Harness, VirtualEventLoop, WatchdogError, new_virtual_loop
+from taskbed_harness import (
+    Harness,
+    HarnessOptions,
+    VirtualEventLoop,
+    WatchdogError,
+    new_virtual_loop,
+)
 from taskbed_harness._watchdog import DaemonThreadPool, _reset_interrupted, interrupted
 
 pytest_plugins = ["pytester"]
@@ -259,3 +265,11 @@ def test_ctrl_c_ends_a_stuck_run(pytester: pytest.Pytester) -> None:
             proc.communicate()
     assert "KeyboardInterrupt" in out, out
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
+
+
+def test_the_watchdog_option_takes_seconds() -> None:
+    assert HarnessOptions(watchdog=0).watchdog == 0
+    with pytest.raises(ValueError, match=r"^watchdog takes a number of real seconds"):
+        HarnessOptions(watchdog=-1)
+    with pytest.raises(ValueError, match=r"e\.g\. @pytest\.mark\.taskbed\(watchdog=120\)$"):
+        HarnessOptions(watchdog="60")  # type: ignore[arg-type]
