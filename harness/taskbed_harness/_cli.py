@@ -53,7 +53,7 @@ async def _demo(db: str | None) -> int:
 def _load_factory(spec: str) -> Callable[[], Any]:
     import importlib
 
-    from ._adapters import PROTOCOL_MEMBERS, Implementation
+    from ._protocol import ProtocolError, as_adapter
 
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
@@ -70,12 +70,10 @@ def _load_factory(spec: str) -> Callable[[], Any]:
     if not callable(factory):
         raise SystemExit(f"taskbed conform: --impl {spec!r} is not callable")
     sample = factory()  # adapters are cheap to create; start() is where work begins
-    if not isinstance(sample, Implementation):
-        missing = [n for n in PROTOCOL_MEMBERS if not hasattr(sample, n)]
-        raise SystemExit(
-            f"taskbed conform: {spec}() returned {sample!r}, which lacks {missing} of the "
-            "adapter protocol taskbed_harness.Implementation (see docs/guides/conformance.md)"
-        )
+    try:
+        as_adapter(sample, f"{spec}()")
+    except ProtocolError as exc:
+        raise SystemExit(f"taskbed conform: {exc}") from None
     return factory  # type: ignore[no-any-return]
 
 
@@ -143,7 +141,7 @@ def _conform(args: argparse.Namespace) -> int:
     factory = _load_factory(args.impl)
     if args.postgres:
         factory = _on_postgres(factory, args.impl, args.postgres)
-    name = str(getattr(factory(), "name", args.impl))
+    name = str(getattr(factory(), "name", args.impl))  # checked by _load_factory
     results = _run_with_progress(rules, factory, name)
     text = RENDERERS[args.format](results, name)
     if args.output:
@@ -172,7 +170,7 @@ def _print_table(results: list[Any], name: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ._report import summary_line
+    from ._report import root_causes, summary_line
 
     style = {"pass": "green", "fail": "bold red", "skipped": "yellow", "deviation": "cyan"}
     table = Table(title=f"taskbed conformance: {name}", title_justify="left")
@@ -190,17 +188,51 @@ def _print_table(results: list[Any], name: str) -> None:
         for r in explained:
             console.print(f"[bold]{r.rule.id}[/] {r.outcome.value}: {r.reason}", highlight=False)
         console.print()
+    for group in root_causes(results):  # one deviation, many rules: say it once
+        console.print(f"[bold]{group.sentence()}[/]", highlight=False)
+        console.print(f"  rules: {', '.join(group.rules)}", highlight=False)
+        console.print()
     wall = sum(r.wall for r in results)
     virtual = sum(r.virtual for r in results)
     console.print(summary_line(results))
     console.print(f"{wall:.2f} s wall for {virtual:.0f} s of virtual time")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("taskbed")
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree, not installed
+        import taskbed
+
+        return taskbed.__version__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``taskbed`` command; returns its exit status.
+
+    Output cut short by a closed pipe (``taskbed conform --list | head``) ends quietly with
+    status 141, as a command killed by SIGPIPE would, instead of a BrokenPipeError traceback.
+    """
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, inside the try
+    except BrokenPipeError:
+        # Python's documented recipe: point stdout at devnull so the flush at exit is quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141
+    return status
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="taskbed",
         description="Reference runtime, harness and conformance suite for module_sdk.tasks.",
     )
+    parser.add_argument("--version", action="version", version=f"taskbed {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="run a short job on the reference runtime")
     demo.add_argument("--db", help="a SQLite file to persist tasks in (default: in memory)")
