@@ -25,6 +25,7 @@ from taskbed import (
     CoroutineReusedError,
     InvalidEnvironmentError,
     InvalidProgressError,
+    MemoryStore,
     NotSerializableError,
     Runtime,
     SQLiteStore,
@@ -195,8 +196,9 @@ async def test_keys_that_do_not_merge_read_back_as_json_gives_them(
         ("x" * 10_000_000, r"^task_key is 10000000 bytes"),
         ("report-\ud800", r"^task_key holds a lone surrogate '\\ud800' at index 7"),
         ("\udfff", r"lone surrogate"),
+        ("report\x00-7", r"^task_key holds a NUL character at index 6"),
     ],
-    ids=["1025", "two-byte-chars", "10MB", "high-surrogate", "low-surrogate"],
+    ids=["1025", "two-byte-chars", "10MB", "high-surrogate", "low-surrogate", "nul"],
 )
 async def test_a_key_no_store_should_keep_is_refused_by_the_facade(
     rt: Runtime, request_as: Request, key: str, match: str
@@ -222,12 +224,46 @@ async def test_a_key_no_store_should_keep_is_refused_by_the_facade(
 async def test_the_longest_key_and_any_real_text_are_kept_exactly(
     rt: Runtime, request_as: Request
 ) -> None:
-    keys = ["é" * 511 + "ok", "k" * MAX_TASK_KEY_BYTES, "emoji-😀-\u0000-nul", "a_%b"]
+    keys = ["é" * 511 + "ok", "k" * MAX_TASK_KEY_BYTES, "emoji-😀-\u2028-tab\t", "a_%b"]
     async with request_as() as sdk:
         for key in keys:
             task_id = await sdk.tasks.run_background(asyncio.Event().wait(), task_key=key)
             assert [r["id"] for r in sdk.tasks.get_tasks_by_key(key, 10)] == [task_id]
             assert sdk.tasks.get_tasks_by_key(key, 10)[0]["taskKey"] == key
+
+
+@pytest.mark.rule("BG-14")
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "postgres"])
+async def test_every_store_accepts_and_refuses_the_same_keys(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The facade decides, so no store ever sees a key it would refuse: the same keys fail
+    and the same keys come back exactly, whatever the store (PostgreSQL where one runs)."""
+    store: Any
+    if kind == "memory":
+        store = MemoryStore()
+    elif kind == "sqlite":
+        store = SQLiteStore(tmp_path / "tasks.db")
+    else:
+        from taskbed import PostgresStore  # noqa: PLC0415 - needs the postgres extra
+
+        store = PostgresStore(request.getfixturevalue("postgres_dsn"))
+    refused = ["k" * 1025, "report-\ud800", "report\x00-7"]
+    kept = ["é" * 511 + "ok", "emoji-😀-\u2028-tab\t", "a_%b", "\uffff\U0010ffff"]
+    async with Runtime(store=store) as rt:
+        sdk = rt.sdk(session={"user": {"id": 7, "organization_id": 10}}, module="mod")
+        for key in refused:
+            with pytest.raises(TaskKeyRefusedError):
+                await sdk.tasks.run_background(asyncio.sleep(0), task_key=key)
+            assert sdk.tasks.get_tasks_by_key(key, 10) == []
+        for key in kept:
+            task_id = await sdk.tasks.run_background(asyncio.sleep(0), task_key=key)
+            await rt.wait(task_id, timeout=10)
+            (row,) = sdk.tasks.get_tasks_by_key(key, 10)
+            assert (row["id"], row["taskKey"]) == (task_id, key)
+        assert len(sdk.tasks.list_user_tasks(7, 10)) == len(kept)
+    store.close()
 
 
 @pytest.mark.rule("BG-14")

@@ -200,7 +200,7 @@ def test_the_adapter_example_gets_the_documented_report(
 
     status = main(["conform", "--impl", "my_adapter:make", "-o", str(report)])
 
-    assert status == 0
+    assert status == 0, report.read_text(encoding="utf-8")  # the failing rule and its reason
     assert f"wrote table report to {report}" in capsys.readouterr().err
     text = report.read_text(encoding="utf-8").rstrip("\n")
     outcomes = report_outcomes(text)

@@ -52,7 +52,8 @@ class InvalidTaskKeyError(TaskbedError, TypeError, ValueError):
 
 
 class TaskKeyRefusedError(TaskbedError, ValueError):
-    """A ``task_key`` string that no store can keep as it is: too long, or a lone surrogate."""
+    """A ``task_key`` string that some store cannot keep as it is: too long, a lone surrogate,
+    a NUL character."""
 
 
 class InvalidCommandError(TaskbedError, TypeError):

@@ -125,8 +125,8 @@ def new_task_id() -> str:
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
-#: A task id no task has (ids are UUIDs).
-_NO_TASK_ID = "\0taskbed: no such task"
+#: A task id no task has (ids are UUIDs); plain text, as some stores refuse a NUL.
+_NO_TASK_ID = "taskbed:no-such-task"
 #: The row a client command is compared with when no task has its id (OWN-6): its owner is
 #: nobody's, and it is compared all the same, so a refusal costs what it costs for a task of
 #: someone else.
@@ -646,8 +646,8 @@ class TaskManager:
         compared with the row's or, for no row, with one nobody has.
         """
         task_id = body["taskId"]
-        if not isinstance(task_id, str):
-            task_id = _NO_TASK_ID  # no task has it; the same lookups follow
+        if not isinstance(task_id, str) or "\0" in task_id:
+            task_id = _NO_TASK_ID  # no task has it (nor can a store look it up); same lookups
         local = self._local.get(task_id)
         stored = self.store.get(task_id)  # even when local has it: the same work either way
         self.store.get(_NO_TASK_ID if stored is not None else self._decoy)

@@ -129,7 +129,8 @@ def _check_fresh(coro: Coroutine[Any, Any, Any]) -> None:
 
 
 def _check_key_text(task_key: str) -> None:
-    """Refuse a key that a store could not keep as it is (BG-14); every store sees the same."""
+    """Refuse a key that some store could not keep as it is (BG-14): too long, a lone
+    surrogate, a NUL. Checked here, once, so that every store accepts the same keys."""
     try:
         size = len(task_key.encode("utf-8"))
     except UnicodeEncodeError as exc:
@@ -138,6 +139,12 @@ def _check_key_text(task_key: str) -> None:
             "which is not text any store can keep; build the key from real text, e.g. "
             'task_key=f"reports.{report_id}" ' + see("submission", "BG-14")
         ) from None
+    if "\0" in task_key:
+        raise TaskKeyRefusedError(
+            f"task_key holds a NUL character at index {task_key.index(chr(0))}, which a "
+            "PostgreSQL store cannot keep; drop it: task_key=key.replace('\\0', '') "
+            + see("submission", "BG-14")
+        )
     if size > MAX_TASK_KEY_BYTES:
         raise TaskKeyRefusedError(
             f"task_key is {size} bytes in UTF-8, over the limit of {MAX_TASK_KEY_BYTES}; "
