@@ -45,7 +45,7 @@ from typing import Any
 from taskbed import ui
 
 from ._client import ClientView
-from ._clock import new_virtual_loop
+from ._clock import VirtualClock, new_virtual_loop
 from ._protocol import (
     OBSERVER_MODULE,
     Adapter,
@@ -173,7 +173,9 @@ def root_cause(exc: BaseException) -> str:
     return f"{frames[-1].filename}:{frames[-1].lineno}: {type(exc).__name__}"
 
 
-_HELPERS = tuple(os.path.join(os.path.dirname(__file__), n) for n in ("_client.py", "_conform.py"))
+_HELPERS = tuple(
+    os.path.join(os.path.dirname(__file__), n) for n in ("_awaits.py", "_client.py", "_conform.py")
+)
 _STDLIB = sysconfig.get_paths()["stdlib"] + os.sep
 _PACKAGES = tuple({sysconfig.get_paths()[k] + os.sep for k in ("purelib", "platlib")})
 
@@ -421,8 +423,12 @@ async def run_rule(rule: Rule, factory: Callable[[], Any]) -> Result:
 
 
 def run_rule_sync(rule: Rule, factory: Callable[[], Any]) -> Result:
-    """Judge one rule on its own fresh virtual-time loop."""
-    loop = new_virtual_loop()
+    """Judge one rule on its own fresh virtual-time loop.
+
+    ``time.monotonic()`` stays real there: the spec pages bound a broken implementation's hang
+    with real-time deadlines (their ``until()`` helper), which virtual time would never reach.
+    """
+    loop = new_virtual_loop(VirtualClock(virtual_monotonic=False))
     try:
         return loop.run_until_complete(run_rule(rule, factory))
     finally:
