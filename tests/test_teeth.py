@@ -576,7 +576,7 @@ class _GroupOnlyRunner(OSProcessRunner):
 
 class EscapedDescendantsSurvive(ReferenceImplementation):
     name = "broken: descendants that left the process group survive"
-    runtime_class = runtime_with(runner_class=_GroupOnlyRunner)
+    runtime_class = runtime_with(process_runner_class=_GroupOnlyRunner)
 
 
 class _UncheckedEnvTasks(Tasks):
