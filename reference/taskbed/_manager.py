@@ -127,8 +127,8 @@ def new_task_id() -> str:
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
-#: A task id no task has (ids are UUIDs).
-_NO_TASK_ID = "\0taskbed: no such task"
+#: A task id no task has (ids are UUIDs). No NUL byte in it: PostgreSQL's text refuses one.
+_NO_TASK_ID = "taskbed: no such task"
 #: The row a client command is compared with when no task has its id (OWN-6): its owner is
 #: nobody's, and it is compared all the same, so a refusal costs what it costs for a task of
 #: someone else.
