@@ -391,17 +391,17 @@ async def test_an_answer_after_a_timed_out_question_does_not_answer_the_next(
 
         async def job() -> Any:
             task_id = await own_id
-            question = ui.Builder().add(ui.Text("first", "First?"))
+            question = ui.Builder().add(ui.Text("q1", "First?"))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(sdk.tasks.request_confirmation(task_id, question), 0.05)
             timed_out.set()
             await go_on.wait()
-            again = ui.Builder().add(ui.Text("second", "2?"))
-            return await sdk.tasks.request_confirmation(task_id, again)
+            second = ui.Builder().add(ui.Text("q2", "Second?"))
+            return await sdk.tasks.request_confirmation(task_id, second)
 
         task_id = await sdk.tasks.run_background(job(), "Twice")
         own_id.set_result(task_id)
-    await asyncio.wait_for(timed_out.wait(), 5)
+    await asyncio.wait_for(timed_out.wait(), 2)  # a job that failed never sets it
     await conn.send({"backgroundTaskResponse": {"taskId": task_id, "response": "late"}})
     go_on.set()
     await until(lambda: len(confirmations(conn)) == 2)

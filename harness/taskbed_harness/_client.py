@@ -58,12 +58,12 @@ class ClientView:
         user_id: Any,
         organization_id: Any,
         *,
-        track: Callable[[Checked[Any]], None] | None = None,
         settle: Callable[[], Awaitable[None]] | None = None,
+        track: Callable[[Checked[Any]], None] | None = None,
     ) -> None:
         self._connect = connect
-        self._track = track  # the harness lists every check, to fail those never awaited
         self._settle = settle
+        self._track = track  # the harness lists every check, to fail those never awaited
         self.user_id = user_id
         self.organization_id = organization_id
         self._connections: list[ClientConnection] = []

@@ -173,7 +173,9 @@ def root_cause(exc: BaseException) -> str:
     return f"{frames[-1].filename}:{frames[-1].lineno}: {type(exc).__name__}"
 
 
-_HELPERS = tuple(os.path.join(os.path.dirname(__file__), n) for n in ("_client.py", "_conform.py"))
+_HELPERS = tuple(
+    os.path.join(os.path.dirname(__file__), n) for n in ("_awaits.py", "_client.py", "_conform.py")
+)
 _STDLIB = sysconfig.get_paths()["stdlib"] + os.sep
 _PACKAGES = tuple({sysconfig.get_paths()[k] + os.sep for k in ("purelib", "platlib")})
 
