@@ -48,6 +48,9 @@ if TYPE_CHECKING:
     from ._processes import UnmatchedCommandError as UnmatchedCommandError
     from ._spec import Rule as Rule
     from ._spec import load_rules as load_rules
+    from ._ws_adapter import ReferenceWebSocketImplementation as ReferenceWebSocketImplementation
+    from ._ws_adapter import reference_ws as reference_ws_implementation
+    from ._ws_client import SocketClient as SocketClient
 
 _WHERE: dict[str, tuple[str, str]] = {
     "CAPABILITIES": ("._adapters", "CAPABILITIES"),
@@ -83,6 +86,10 @@ _WHERE: dict[str, tuple[str, str]] = {
     "UnmatchedCommandError": ("._processes", "UnmatchedCommandError"),
     "Rule": ("._spec", "Rule"),
     "load_rules": ("._spec", "load_rules"),
+    # needs the serve extra (websockets); resolved lazily like the rest
+    "ReferenceWebSocketImplementation": ("._ws_adapter", "ReferenceWebSocketImplementation"),
+    "reference_ws_implementation": ("._ws_adapter", "reference_ws"),
+    "SocketClient": ("._ws_client", "SocketClient"),
 }
 
 __all__ = (
@@ -107,8 +114,10 @@ __all__ = (
     "ProcessCall",
     "RecordedProcessRunner",
     "ReferenceImplementation",
+    "ReferenceWebSocketImplementation",
     "Result",
     "Rule",
+    "SocketClient",
     "Submission",
     "UnmatchedCommandError",
     "VirtualClock",
@@ -117,6 +126,7 @@ __all__ = (
     "load_rules",
     "new_virtual_loop",
     "reference_implementation",
+    "reference_ws_implementation",
     "run_rule",
     "run_suite",
 )

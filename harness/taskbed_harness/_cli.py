@@ -50,11 +50,20 @@ async def _demo(db: str | None) -> int:
     return 0 if row["status"] == "completed" else 1
 
 
+#: ``--impl`` names that need no ``module:factory``.
+_SHORT_NAMES = {
+    "reference": "taskbed_harness:reference_implementation",
+    "reference-ws": "taskbed_harness:reference_ws_implementation",
+    "fake": "taskbed_harness:fake_implementation",
+}
+
+
 def _load_factory(spec: str) -> Callable[[], Any]:
     import importlib
 
     from ._adapters import PROTOCOL_MEMBERS, Implementation
 
+    spec = _SHORT_NAMES.get(spec, spec)
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise SystemExit(
@@ -184,8 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     conform.add_argument(
         "--impl",
         default="taskbed_harness:reference_implementation",
-        help="the adapter factory, 'package.module:factory' (default: the reference runtime; "
-        "taskbed_harness:fake_implementation judges the harness's fake task manager)",
+        help="the adapter factory, 'package.module:factory', or one of the short names "
+        "'reference' (the default: the reference runtime), 'reference-ws' (the reference "
+        "runtime with its clients over WebSocket; needs the serve extra) and 'fake' (the "
+        "harness's fake task manager)",
     )
     conform.add_argument(
         "--rules", action="append", metavar="PATTERN", help="only rules matching, e.g. 'DEDUP-*'"

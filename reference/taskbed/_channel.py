@@ -127,10 +127,12 @@ class ConnectionRegistry:
 
     def connect(self, user_id: Any, organization_id: Any = None) -> Connection:
         """Open a connection for a user; deliver what was kept while they were offline."""
-        owner = Owner(user_id, organization_id)
-        conn = Connection(self, owner)
-        self._by_owner.setdefault(self._slot(owner), []).append(conn)
-        for message in self.store.drain(owner):
+        return self.attach(Connection(self, Owner(user_id, organization_id)))
+
+    def attach(self, conn: Connection) -> Connection:
+        """Register *conn* (any Connection subclass, e.g. a socket's) and deliver its backlog."""
+        self._by_owner.setdefault(self._slot(conn.owner), []).append(conn)
+        for message in self.store.drain(conn.owner):
             conn.deliver(message)
         return conn
 

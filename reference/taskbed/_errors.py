@@ -70,3 +70,7 @@ class SandboxViolationError(TaskbedError, PermissionError):
 
 class LifecycleError(TaskbedError, RuntimeError):
     """A status change that the lifecycle table does not allow (an internal invariant)."""
+
+
+class TokenRefusedError(TaskbedError, PermissionError):
+    """A client token that is malformed, wrongly signed, expired or already used."""
