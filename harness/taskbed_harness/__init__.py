@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from ._ws_adapter import ReferenceWebSocketImplementation as ReferenceWebSocketImplementation
     from ._ws_adapter import reference_ws as reference_ws_implementation
     from ._ws_client import SocketClient as SocketClient
+    from ._ws_client import SocketRefusedError as SocketRefusedError
 
 _WHERE: dict[str, tuple[str, str]] = {
     "CAPABILITIES": ("._adapters", "CAPABILITIES"),
@@ -90,6 +91,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "ReferenceWebSocketImplementation": ("._ws_adapter", "ReferenceWebSocketImplementation"),
     "reference_ws_implementation": ("._ws_adapter", "reference_ws"),
     "SocketClient": ("._ws_client", "SocketClient"),
+    "SocketRefusedError": ("._ws_client", "SocketRefusedError"),
 }
 
 __all__ = (
@@ -118,6 +120,7 @@ __all__ = (
     "Result",
     "Rule",
     "SocketClient",
+    "SocketRefusedError",
     "Submission",
     "UnmatchedCommandError",
     "VirtualClock",

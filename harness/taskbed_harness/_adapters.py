@@ -31,6 +31,8 @@ CAPABILITIES: Mapping[str, str] = {
     "modules": "register_module declares a module's sandbox access rules",
     "processes": "run_subprocess starts real OS processes (POSIX: sh, echo, sleep, env)",
     "restart": "restart(crash=...) replaces the runtime by a new one over the same store",
+    "websocket": "clients connect over WebSocket; the adapter offers issue_token(user, org, "
+    "ttl=None), await open_socket(token, origin=None) and ws_origin (specs/transport.md)",
 }
 
 #: The reference's sandbox variable names; an adapter maps them to its implementation's names.
@@ -128,7 +130,7 @@ class ReferenceImplementation:
     """
 
     name = "reference"
-    capabilities = frozenset(CAPABILITIES)
+    capabilities = frozenset(CAPABILITIES) - {"websocket"}  # its clients are in process
     sandbox_names: Mapping[str, str] = {name: name for name in SANDBOX_VARIABLES}
     deviations: Mapping[str, str] = {}
     runtime_class: type[Runtime] = Runtime

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from taskbed import Runtime
 from taskbed.ws import WebSocketChannel
 
-from ._adapters import ReferenceImplementation
+from ._adapters import CAPABILITIES, ReferenceImplementation
 from ._ws_client import SocketClient
 
 
@@ -33,11 +33,15 @@ class ReferenceWebSocketImplementation(ReferenceImplementation):
     """The reference runtime whose clients connect over loopback WebSocket."""
 
     name = "reference-ws"
+    capabilities = frozenset(CAPABILITIES)
     deviations: Mapping[str, str] = {
         "BG-7": "its check of a cancel before the task's first step needs the cancel to act "
         "within the submitting call's loop iteration; a cancel across a socket arrives after "
         "the task has started (cancelling a running or waiting task is judged by BG-8 and CONF-5)",
     }
+
+    #: The server class (a seam for deliberately broken channels in the suite's own tests).
+    channel_class: type[WebSocketChannel] = WebSocketChannel
 
     def __init__(self) -> None:
         super().__init__()
@@ -45,7 +49,7 @@ class ReferenceWebSocketImplementation(ReferenceImplementation):
         self._clients: list[SocketClient] = []
 
     async def _serve(self, runtime: Runtime) -> None:
-        self._server = WebSocketChannel(runtime, ping_interval=None)
+        self._server = self.channel_class(runtime, ping_interval=None)
         await self._server.start()
 
     async def start(self) -> None:
@@ -74,17 +78,40 @@ class ReferenceWebSocketImplementation(ReferenceImplementation):
         await super().restart(crash=crash)
         await self._serve(self.runtime)
 
+    # ------------------------------------------------------------ capability "websocket"
+
+    @property
+    def server(self) -> WebSocketChannel:
+        if self._server is None:
+            raise RuntimeError("the implementation is not started; await start() first")
+        return self._server
+
+    @property
+    def ws_origin(self) -> str:
+        """The server's own origin (what a browser sends from its page)."""
+        return self.server.url
+
+    def issue_token(self, user_id: Any, organization_id: Any = None, ttl: float | None = None) -> str:
+        """A single-use token for one socket of the user."""
+        return self.server.signer.issue(user_id, organization_id, ttl=ttl)
+
+    async def open_socket(self, token: str, *, origin: str | None = None) -> SocketClient:
+        """Open a raw socket with *token* (raises ``SocketRefusedError`` when refused)."""
+        client = SocketClient(self.server.ws_url(token), now=self._now(), origin=origin)
+        self._clients.append(client)
+        await client.opened()
+        return client
+
+    def _now(self) -> Callable[[], float]:
+        clock = getattr(asyncio.get_running_loop(), "clock", None)
+        return clock.now if clock is not None else self.runtime.clock.now
+
     def connect(self, user_id: Any, organization_id: Any = None) -> SocketClient:
         server = self._server
         if server is None:
             raise RuntimeError("the implementation is not started; await start() first")
         token, conn = server.prepare(user_id, organization_id)
-        clock = getattr(asyncio.get_running_loop(), "clock", None)
-        client = SocketClient(
-            server.ws_url(token),
-            now=clock.now if clock is not None else self.runtime.clock.now,
-            on_close=conn.close,
-        )
+        client = SocketClient(server.ws_url(token), now=self._now(), on_close=conn.close)
         self._clients.append(client)
         return client
 

@@ -22,9 +22,18 @@ from collections.abc import Callable
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 Message = dict[str, Any]
+
+
+class SocketRefusedError(ConnectionRefusedError):
+    """The server refused the opening handshake; ``status`` is its HTTP status code."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(f"HTTP {status}: {text}")
+        self.status = status
+        self.text = text
 
 
 def _held_time() -> contextlib.AbstractContextManager[None]:
@@ -72,10 +81,15 @@ class SocketClient:
     async def _open(self) -> ClientConnection:
         headers = {"Origin": self._origin} if self._origin else None
         with _held_time():  # the handshake is real I/O: virtual time must not jump over it
-            socket = await connect(
-                self.url, additional_headers=headers, ping_interval=None, compression=None,
-                max_size=None, open_timeout=None,
-            )  # fmt: skip
+            try:
+                socket = await connect(
+                    self.url, additional_headers=headers, ping_interval=None, compression=None,
+                    max_size=None, open_timeout=None,
+                )  # fmt: skip
+            except InvalidStatus as exc:
+                response = exc.response
+                text = response.body.decode("utf-8", "replace").strip() if response.body else ""
+                raise SocketRefusedError(response.status_code, text) from None
         self._socket = socket
         self._reader = asyncio.create_task(self._read_loop(socket))
         return socket
@@ -126,9 +140,16 @@ class SocketClient:
         sync_id = next(self._sync_ids)
         waiter = asyncio.get_running_loop().create_future()
         self._synced[sync_id] = waiter
-        with _held_time():  # the answer is on its way: no virtual timeout may fire first
-            await socket.send(json.dumps({"channelSync": {"id": sync_id}}))
-            await waiter
+        try:
+            with _held_time():  # the answer is on its way: no virtual timeout may fire first
+                if self._reader is None or self._reader.done():
+                    raise ConnectionError("the server closed the socket")
+                await socket.send(json.dumps({"channelSync": {"id": sync_id}}))
+                await waiter
+        except ConnectionClosed as exc:
+            raise ConnectionError(f"the server closed the socket: {exc}") from None
+        finally:
+            self._synced.pop(sync_id, None)
 
     async def send(self, message: Message) -> None:
         """Send a client command and return once the server has handled it."""
