@@ -20,6 +20,9 @@ from taskbed_harness._spec import load_rules
 
 RULES = load_rules()
 LEVELS = Counter(rule.level for rule in RULES)
+# The in-process reference skips the socket rules (specs/transport.md): no websocket capability.
+SOCKET = Counter(rule.level for rule in RULES if "websocket" in rule.requires)
+IN_PROCESS = LEVELS - SOCKET
 SPECS = Path(__file__).parents[1] / "specs"
 
 # A MUST rule fails: DEDUP-3 (see test_teeth.BROKEN).
@@ -53,10 +56,14 @@ def test_default_run_passes_and_prints_the_table_with_totals_per_level(
         if (found := re.match(r"^\W*([A-Z]+-\d+)\s", line))
     }
     assert list(rows) == [rule.id for rule in RULES]  # one row per rule, in page order
-    assert all(re.search(r"\bpass\b", line) for line in rows.values()), rows
+    outcomes = {rule: re.findall(r"\b(pass|skipped)\b", line)[-1] for rule, line in rows.items()}
+    assert {r for r, o in outcomes.items() if o == "skipped"} == {
+        rule.id for rule in RULES if "websocket" in rule.requires
+    }, rows
     flat = " ".join(out.split())  # the summary may wrap at the console's width
-    assert f"MUST: {LEVELS['MUST']} passed, 0 failed, 0 skipped, 0 known deviations" in flat
-    assert f"SHOULD: {LEVELS['SHOULD']} passed, 0 failed, 0 skipped, 0 known deviations" in flat
+    must, should = (IN_PROCESS["MUST"], SOCKET["MUST"]), (IN_PROCESS["SHOULD"], SOCKET["SHOULD"])
+    assert f"MUST: {must[0]} passed, 0 failed, {must[1]} skipped, 0 known deviations" in flat
+    assert f"SHOULD: {should[0]} passed, 0 failed, {should[1]} skipped, 0 known deviations" in flat
     assert "s of virtual time" in out
 
 
@@ -93,19 +100,32 @@ def test_json_report_of_the_whole_suite(capsys: pytest.CaptureFixture[str]) -> N
     report = json.loads(out)
     assert report["implementation"] == "reference"
     assert report["totals"]["MUST"] == {
-        "pass": LEVELS["MUST"], "fail": 0, "skipped": 0, "deviation": 0,
+        "pass": IN_PROCESS["MUST"], "fail": 0, "skipped": SOCKET["MUST"], "deviation": 0,
     }  # fmt: skip
     assert report["totals"]["SHOULD"] == {
-        "pass": LEVELS["SHOULD"], "fail": 0, "skipped": 0, "deviation": 0,
+        "pass": IN_PROCESS["SHOULD"], "fail": 0, "skipped": SOCKET["SHOULD"], "deviation": 0,
     }  # fmt: skip
-    assert len(report["results"]) == len(RULES) == 62
+    assert len(report["results"]) == len(RULES) == 66
     assert [r["rule"] for r in report["results"]] == [rule.id for rule in RULES]
-    assert {r["outcome"] for r in report["results"]} == {"pass"}
+    assert {r["outcome"] for r in report["results"]} == {"pass", "skipped"}
     first = report["results"][0]
     assert set(first) == {
         "rule", "level", "title", "outcome", "reason", "wall_seconds", "virtual_seconds",
     }  # fmt: skip
     assert report["virtual_seconds"] > 0
+
+
+@pytest.mark.rule("WS-3")
+def test_the_whole_suite_over_websocket(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--impl", "reference-ws", "--format", "json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["implementation"] == "reference-ws"
+    outcomes = Counter(r["outcome"] for r in report["results"])
+    assert outcomes == {"pass": len(RULES) - 1, "deviation": 1}  # BG-7, with its reason
+    (deviation,) = [r for r in report["results"] if r["outcome"] == "deviation"]
+    assert deviation["rule"] == "BG-7"
+    assert "socket" in deviation["reason"]
 
 
 def test_json_report_of_a_selection_with_a_failure(capsys: pytest.CaptureFixture[str]) -> None:

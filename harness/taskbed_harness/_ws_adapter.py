@@ -91,7 +91,9 @@ class ReferenceWebSocketImplementation(ReferenceImplementation):
         """The server's own origin (what a browser sends from its page)."""
         return self.server.url
 
-    def issue_token(self, user_id: Any, organization_id: Any = None, ttl: float | None = None) -> str:
+    def issue_token(
+        self, user_id: Any, organization_id: Any = None, ttl: float | None = None
+    ) -> str:
         """A single-use token for one socket of the user."""
         return self.server.signer.issue(user_id, organization_id, ttl=ttl)
 

@@ -1,6 +1,7 @@
 """taskbed: the reference runtime of the ``module_sdk.tasks`` API (standard library only)."""
 
 from . import ui as ui
+from ._auth import TokenSigner as TokenSigner
 from ._channel import Connection as Connection
 from ._channel import ConnectionRegistry as ConnectionRegistry
 from ._context import RequestContext as RequestContext
@@ -16,6 +17,7 @@ from ._errors import MissingUserError as MissingUserError
 from ._errors import NotSerializableError as NotSerializableError
 from ._errors import SandboxViolationError as SandboxViolationError
 from ._errors import TaskbedError as TaskbedError
+from ._errors import TokenRefusedError as TokenRefusedError
 from ._errors import UnknownTaskError as UnknownTaskError
 from ._errors import UnknownTaskNameError as UnknownTaskNameError
 from ._lifecycle import ACTIVE as ACTIVE
@@ -79,6 +81,8 @@ __all__ = (
     "TaskStore",
     "TaskbedError",
     "Tasks",
+    "TokenRefusedError",
+    "TokenSigner",
     "UnknownTaskError",
     "UnknownTaskNameError",
     "WallClock",

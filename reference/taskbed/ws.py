@@ -183,6 +183,9 @@ class WebSocketChannel:
         ping_interval: keepalive pings, in seconds (None: off).
     """
 
+    #: The connection of one socket (a seam for deliberately broken channels in our tests).
+    connection_class: type[SocketConnection] = SocketConnection
+
     def __init__(
         self,
         runtime: Any,
@@ -282,7 +285,7 @@ class WebSocketChannel:
         return to the offline queue.
         """
         token = self.signer.issue(user_id, organization_id)
-        conn = SocketConnection(
+        conn = self.connection_class(
             self.registry, Owner(user_id, organization_id), limit=self.outbox_limit
         )
         self.registry.attach(conn)
@@ -363,7 +366,7 @@ class WebSocketChannel:
         owner = self._owners.pop(socket)
         conn = next((c for c in self._sockets if c.socket is socket), None)
         if conn is None:
-            conn = SocketConnection(self.registry, owner, limit=self.outbox_limit)
+            conn = self.connection_class(self.registry, owner, limit=self.outbox_limit)
             conn.socket = socket
             self._sockets.add(conn)
             self.registry.attach(conn)
