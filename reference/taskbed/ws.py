@@ -301,13 +301,11 @@ class WebSocketChannel:
 
     # ------------------------------------------------------------ handshake
 
+    def _own_hosts(self) -> set[str]:
+        return {f"127.0.0.1:{self.port}", f"localhost:{self.port}", f"{self.host}:{self.port}"}
+
     def _own_origins(self) -> set[str]:
-        return {
-            f"http://127.0.0.1:{self.port}",
-            f"http://localhost:{self.port}",
-            f"http://{self.host}:{self.port}",
-            *self.extra_origins,
-        }
+        return {f"http://{host}" for host in self._own_hosts()} | set(self.extra_origins)
 
     def _refuse(self, connection: ServerConnection, status: int, text: str) -> Response:
         self.refusals += 1
@@ -347,6 +345,14 @@ class WebSocketChannel:
     def _serve_http(
         self, connection: ServerConnection, path: str, query: dict[str, list[str]]
     ) -> Response:
+        host = connection.request.headers.get("Host") if connection.request else None
+        if self.http is not None and host not in self._own_hosts():
+            # A page of another site that resolves its own name to 127.0.0.1 (DNS rebinding)
+            # sends its own name as Host: it gets nothing from the plain endpoints.
+            return self._refuse(
+                connection, http.HTTPStatus.MISDIRECTED_REQUEST,
+                f"host {host!r} is not this server; open {self.url}",
+            )  # fmt: skip
         answer = self.http(path, query) if self.http is not None else None
         if answer is None:
             return connection.respond(
@@ -355,9 +361,14 @@ class WebSocketChannel:
         status, content_type, body = answer
         response = connection.respond(status, "")
         headers = Headers(response.headers)
-        headers["Content-Type"] = content_type
-        headers["Content-Length"] = str(len(body))
-        headers["Cache-Control"] = "no-store"
+        for name, value in (
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+        ):
+            if name in headers:  # Headers is a multidict: replace, do not add
+                del headers[name]
+            headers[name] = value
         return Response(response.status_code, response.reason_phrase, headers, body)
 
     # ------------------------------------------------------------ one socket
