@@ -29,9 +29,9 @@ from mkdocs.structure.files import File, Files
 import taskbed
 from taskbed_harness._adapters import fake, reference
 from taskbed_harness._conform import Outcome, run_suite
-from taskbed_harness._ws_adapter import reference_ws
 from taskbed_harness._report import to_markdown
 from taskbed_harness._spec import load_pages, load_rules
+from taskbed_harness._ws_adapter import reference_ws
 
 log = logging.getLogger("mkdocs.hooks.taskbed")
 

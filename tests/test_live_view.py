@@ -54,7 +54,8 @@ def server(tmp_path: Path) -> Iterator[str]:
         assert proc.stdout is not None
         banner = proc.stdout.readline() + proc.stdout.readline()
         found = re.search(r"open (http://127\.0\.0\.1:\d+/)", banner)
-        assert found, f"no URL in the banner: {banner!r}; stderr: {proc.stderr.read() if proc.stderr else ''}"
+        errors = proc.stderr.read() if proc.stderr and not found else ""
+        assert found, f"no URL in the banner: {banner!r}; stderr: {errors}"
         yield found[1]
     finally:
         proc.send_signal(signal.SIGTERM)
