@@ -45,17 +45,18 @@ expect = sync_api.expect
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
     """``taskbed serve docs/examples/live_export.py`` on a free port; its page's URL."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "taskbed_harness._cli", "serve", str(MODULE),
-         "--db", str(tmp_path / "tasks.db"), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-    )  # fmt: skip
+    errors = tmp_path / "serve.stderr"
+    with errors.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "taskbed_harness._cli", "serve", str(MODULE),
+             "--db", str(tmp_path / "tasks.db"), "--port", "0"],
+            stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=tmp_path,
+        )  # fmt: skip
     try:
         assert proc.stdout is not None
         banner = proc.stdout.readline() + proc.stdout.readline()
         found = re.search(r"open (http://127\.0\.0\.1:\d+/)", banner)
-        errors = proc.stderr.read() if proc.stderr and not found else ""
-        assert found, f"no URL in the banner: {banner!r}; stderr: {errors}"
+        assert found, f"no URL in the banner: {banner!r}; stderr: {errors.read_text()}"
         yield found[1]
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -65,10 +66,9 @@ def server(tmp_path: Path) -> Iterator[str]:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-            for pipe in (proc.stdout, proc.stderr):
-                if pipe is not None:
-                    pipe.close()
-    assert code == 0, f"taskbed serve exited {code}"
+            if proc.stdout is not None:
+                proc.stdout.close()
+    assert code == 0, f"taskbed serve exited {code}; stderr: {errors.read_text()}"
 
 
 @pytest.fixture
