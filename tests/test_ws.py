@@ -330,3 +330,47 @@ async def test_user_actions_run_as_their_owner() -> None:
             assert "ValueError: no such thing" in by_id["m.fail"]["detail"]
             assert seen[0] == (Owner(7, 10), "m.go", {"n": 1})
             await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_too_many_running_actions_are_answered_busy() -> None:
+    release = asyncio.Event()
+
+    async def slow(owner: Owner, name: str, ctx: dict[str, Any]) -> Any:
+        await release.wait()
+        return name
+
+    async with (
+        Runtime(store=MemoryStore()) as rt,
+        WebSocketChannel(rt, ping_interval=None, actions=slow, max_actions=2) as channel,
+    ):
+        client = await opened(channel, 7)
+        for n in range(3):
+            await client.send_raw(json.dumps({"userAction": {"name": f"a{n}"}, "request_id": n}))
+        await wait_until(lambda: len(client.messages) == 1)
+        assert client.messages[0] == {
+            "ok": False, "type": "action_busy", "error": "action_busy", "request_id": 2,
+        }  # fmt: skip
+        release.set()
+        await wait_until(lambda: len(client.messages) == 3)
+        assert sorted(m["result"] for m in client.messages[1:]) == ["a0", "a1"]
+        await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_client_that_never_reads_its_answers_is_closed(
+    served: tuple[Runtime, WebSocketChannel],
+) -> None:
+    _, channel = served
+    async with connect(channel.ws_url(channel.issue_token(7))) as socket:
+        await wait_until(lambda: len(channel.connections) == 1)
+        (conn,) = channel.connections
+        for _ in range(conn.limit):  # answers the client has not read yet (as if TCP were full)
+            conn.outbox.append({"type": "error", "error": "x"})
+        await socket.send("not json")
+        with pytest.raises(ConnectionClosed) as closed:
+            await socket.recv()  # the writer never sent the fake backlog: the close comes first
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1008
+    assert "too many unread answers" in closed.value.rcvd.reason
+    assert channel.connections == []

@@ -31,7 +31,8 @@ client that must know its command took effect (the conformance adapter) sends it
 Each socket has a bounded outbox and a writer task, so a slow client never blocks the task
 manager: when the outbox is full, progress messages (which are never kept for later) are
 dropped first; a client that falls behind on durable messages too is disconnected, and its
-unsent durable messages return to the offline queue (WS-5).
+unsent durable messages return to the offline queue. A client that sends frames without
+reading the answers is closed the same way (code 1008).
 
 Prior art: the platform's network layer (token authentication before registration, the
 offline queue flushed on registration, ``{"type": "error"}`` refusals); Starlette's and
@@ -103,6 +104,7 @@ class SocketConnection(Connection):
         self.socket: ServerConnection | None = None
         self._ready = asyncio.Event()
         self._overflowed = False
+        self._closing: asyncio.Future[None] | None = None
 
     def deliver(self, message: Message) -> None:
         if self.closed:
@@ -110,13 +112,19 @@ class SocketConnection(Connection):
         if len(self.outbox) >= self.limit:
             self._make_room()
         if len(self.outbox) >= self.limit:  # only durable messages left: this client is stuck
-            self._overflowed = True
-            self.close()
-            self.outbox.append(message)  # requeued with the rest by close()
-            self._requeue()
+            self.outbox.append(message)  # requeued with the rest
+            self.overflow("too slow: outcomes piled up unread; reconnect")
             return
         self.outbox.append(message)
         self._ready.set()
+
+    def overflow(self, reason: str) -> None:
+        """Give up on a client that does not read: unregister, keep its outcomes, close it."""
+        self._overflowed = True
+        self.close()
+        self._requeue()
+        if self.socket is not None:
+            self._closing = asyncio.ensure_future(self.socket.close(1008, reason[:120]))
 
     def _make_room(self) -> None:
         for index, queued in enumerate(self.outbox):
@@ -177,6 +185,8 @@ class WebSocketChannel:
             ``http://127.0.0.1:PORT`` and ``http://localhost:PORT``. A request without an
             ``Origin`` header (not a browser) is accepted: the token is the authentication.
         max_frame: the largest client frame, in bytes; a larger one closes that socket (1009).
+        max_actions: ``userAction`` calls one socket may have running at once; more are
+            answered ``action_busy``.
         outbox_limit: messages waiting for a slow client before progress is dropped.
         actions: handles ``userAction`` frames (``taskbed serve``); refused when None.
         http: answers plain GET requests on other paths (``taskbed serve``'s page).
@@ -195,6 +205,7 @@ class WebSocketChannel:
         signer: TokenSigner | None = None,
         origins: tuple[str, ...] = (),
         max_frame: int = 64 * 1024,
+        max_actions: int = 8,
         outbox_limit: int = 256,
         actions: ActionHandler | None = None,
         http: HttpHandler | None = None,
@@ -207,6 +218,7 @@ class WebSocketChannel:
         self.signer = signer if signer is not None else TokenSigner(clock=runtime.clock)
         self.extra_origins = origins
         self.max_frame = max_frame
+        self.max_actions = max_actions
         self.outbox_limit = outbox_limit
         self.actions = actions
         self.http = http
@@ -420,6 +432,13 @@ class WebSocketChannel:
             await self._reply(conn, {"channelSynced": body if isinstance(body, dict) else {}})
             return
         if "userAction" in message:
+            if len(actions) >= self.max_actions:  # the platform's answer to a busy action
+                await self._reply(
+                    conn,
+                    {"ok": False, "type": "action_busy", "error": "action_busy",
+                     "request_id": request_id},
+                )  # fmt: skip
+                return
             task = asyncio.create_task(self._run_action(conn, message))
             actions.add(task)
             task.add_done_callback(actions.discard)
@@ -436,8 +455,15 @@ class WebSocketChannel:
             return
 
     async def _reply(self, conn: SocketConnection, message: Message) -> None:
-        """An answer to this socket only; it goes through the outbox, after what is queued."""
-        conn.outbox.append(message)  # replies are not limited: one per client frame
+        """An answer to this socket only; it goes through the outbox, after what is queued.
+
+        A client that sends frames without reading the answers would grow the outbox without
+        end: past its limit, the socket is closed (1008) instead.
+        """
+        if len(conn.outbox) >= conn.limit:
+            conn.overflow("too many unread answers; read the socket")
+            return
+        conn.outbox.append(message)
         conn._ready.set()
 
     async def _run_action(self, conn: SocketConnection, message: Message) -> None:
