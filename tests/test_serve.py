@@ -142,14 +142,15 @@ async def test_an_action_starts_a_job_that_the_socket_follows_to_its_end(
     )
     result = (await _next(client, "actionResult"))["result"]
     task_id = result["taskId"]
-    assert result["card"] == {"type": "backgroundTask", "taskId": task_id, "label": "Export"}
+    assert result["card"]["id"] == "export"
+    assert result["card"]["component"] == {"BackgroundTask": {"task_id": task_id}}
     progress = [
         (await _next(client, "backgroundTaskProgress"))["backgroundTaskProgress"]["progress"]
         for _ in range(3)
     ]
     assert progress == pytest.approx([1 / 3, 2 / 3, 1.0])
     question = (await _next(client, "backgroundTaskConfirmation"))["backgroundTaskConfirmation"]
-    assert [c.get("value") for c in question["components"]] == [None, "publish", "discard"]
+    assert [c["id"] for c in question["components"]] == ["question", "publish", "discard"]
     await client.send({"backgroundTaskResponse": {"taskId": task_id, "response": "publish"}})
     done = (await _next(client, "backgroundTaskCompleted"))["backgroundTaskCompleted"]
     assert done["result"] == {"rows": 5, "published": True}
