@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -83,6 +84,18 @@ def test_serve_refuses_a_non_loopback_host_and_a_bad_module(
         LiveServer(EXAMPLE, db=tmp_path / "t.db", host="0.0.0.0")
     assert main(["serve", str(tmp_path / "missing.py"), "--db", str(tmp_path / "t.db")]) == 2
     assert "taskbed serve: no module file at" in capsys.readouterr().err
+
+
+def test_a_taken_port_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["serve", str(EXAMPLE), "--db", str(tmp_path / "t.db"), "--port", str(port)]
+        assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err
+    assert "pick another port with --port N" in err
 
 
 # ---------------------------------------------------------------- endpoints

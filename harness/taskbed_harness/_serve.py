@@ -140,6 +140,8 @@ class LiveServer:
         self._requests = itertools.count(1)
 
     async def start(self) -> None:
+        if self.runtime is not None:
+            return
         self.runtime = Runtime(store=SQLiteStore(self.db))
         await self.runtime.start()
         self.channel = WebSocketChannel(
@@ -149,11 +151,13 @@ class LiveServer:
         self.port = self.channel.port
 
     async def stop(self) -> None:
-        if self.channel is not None:
-            await self.channel.stop()
-        if self.runtime is not None:
-            await self.runtime.stop()
-            self.runtime.store.close()
+        channel, self.channel = self.channel, None
+        runtime, self.runtime = self.runtime, None
+        if channel is not None:
+            await channel.stop()
+        if runtime is not None:
+            await runtime.stop()
+            runtime.store.close()
 
     async def __aenter__(self) -> LiveServer:
         await self.start()
@@ -237,6 +241,16 @@ async def serve_forever(module_path: str, *, db: str, host: str, port: int) -> i
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, stop.set)
+    try:
+        await server.start()
+    except OSError as exc:  # the port is taken, most often
+        await server.stop()
+        print(  # noqa: T201 - a CLI speaks
+            f"taskbed serve: cannot listen on {host}:{port}: {exc.strerror or exc}; "
+            "pick another port with --port N (0 picks a free one)",
+            file=sys.stderr,
+        )
+        return 2
     async with server:
         actions = ", ".join(sorted(server.actions))
         print(  # noqa: T201 - a CLI speaks
