@@ -226,6 +226,10 @@ class WebSocketChannel:
         self.refusals = 0
         self._server: Server | None = None
         # the owner each accepted handshake authenticated (weak: a failed handshake leaves none)
+        # the prepared connection each accepted handshake opens (by socket: no scan per socket)
+        self._bound: weakref.WeakKeyDictionary[ServerConnection, SocketConnection] = (
+            weakref.WeakKeyDictionary()
+        )
         self._owners: weakref.WeakKeyDictionary[ServerConnection, Owner] = (
             weakref.WeakKeyDictionary()
         )
@@ -351,6 +355,7 @@ class WebSocketChannel:
                     "this connection was closed before its socket opened; ask for a new token",
                 )
             prepared.socket = connection
+            self._bound[connection] = prepared
         self._owners[connection] = owner
         return None
 
@@ -387,7 +392,7 @@ class WebSocketChannel:
 
     async def _handle(self, socket: ServerConnection) -> None:
         owner = self._owners.pop(socket)
-        conn = next((c for c in self._sockets if c.socket is socket), None)
+        conn = self._bound.pop(socket, None)
         if conn is None:
             conn = self.connection_class(self.registry, owner, limit=self.outbox_limit)
             conn.socket = socket
