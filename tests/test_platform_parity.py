@@ -98,6 +98,32 @@ PARITY = textwrap.dedent(
 )
 
 
+# The extension point with the platform's own class: its Effects builds the response.
+REAL_NAMESPACE = textwrap.dedent(
+    """
+    import pytest
+    from democrai.sdk.effects import Effects
+
+    from manifest_preview import preview_manifest
+
+
+    @pytest.mark.asyncio
+    @pytest.mark.taskbed(namespaces={"effects": Effects})
+    async def test_the_platforms_effects_as_the_namespace(taskbed):
+        taskbed.add_media("m.json", b'{"a": 1}')
+        response = await taskbed.call_action(preview_manifest, {"storage_ref": "m.json"})
+        assert type(taskbed.sdk().effects) is Effects
+        values = {"/manifest_preview": {"a": 1}}
+        assert response == {
+            "effects": [
+                {"type": "ui_messages",
+                 "messages": [{"stateUpdate": {"scope": "page", "values": values}}]}
+            ]
+        }
+    """
+)
+
+
 def test_ui_and_effects_give_the_platforms_dicts() -> None:
     assert PYTHON is not None
     done = subprocess.run(
@@ -122,6 +148,7 @@ def test_the_module_files_pass_with_the_platforms_own_decorator(tmp_path: Path) 
         "def test_the_platform_is_real():\n"
         "    assert not getattr(d, '__taskbed_standin__', False)\n"
     )
+    (tmp_path / "test_real_namespace.py").write_text(REAL_NAMESPACE)
     done = subprocess.run(
         [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False,

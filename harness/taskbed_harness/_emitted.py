@@ -13,7 +13,7 @@ import dataclasses
 import json
 from typing import Any
 
-_MISSING = object()
+from ._client import mismatch
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -146,18 +146,9 @@ class Emitted:
                 "emitted\n" + self._transcript()
             )
         emission = self.items[self._read]
-        wrong = {k: v for k, v in fields.items() if emission.body.get(k, _MISSING) != v}
-        if emission.kind != kind or wrong:
-            diff = "\n".join(
-                f"    {k}: expected {v!r}, got {emission.body.get(k, '<missing>')!r}"
-                for k, v in wrong.items()
-            )
-            raise AssertionError(
-                f"expected {kind} with {fields}\n"
-                f"     got {emission.kind} {json.dumps(emission.body, default=repr)}\n"
-                + (f"  differing fields:\n{diff}\n" if diff else "")
-                + self._transcript()
-            )
+        wrong = mismatch(kind, fields, emission.kind, emission.body)
+        if wrong is not None:
+            raise AssertionError(wrong + self._transcript())
         self._read += 1
         return emission.body
 

@@ -122,7 +122,26 @@ class StandinFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         _, contents = MODULES[module.__name__]
         module.__dict__.update(contents())
         module.__dict__["__taskbed_standin__"] = True
+        module.__dict__["__getattr__"] = _missing(module.__name__, sorted(module.__dict__))
         module.__doc__ = "taskbed's stand-in for the platform module of this name"
+
+
+def _missing(module: str, names: list[str]) -> Callable[[str], Any]:
+    """A module ``__getattr__``: a name the stand-in lacks is an ImportError that says so."""
+    have = ", ".join(n for n in names if not n.startswith("_")) or "no names"
+
+    def __getattr__(name: str) -> Any:
+        if name.startswith("_"):  # private and special names: as any module answers
+            raise AttributeError(name)
+        # An ImportError, not an AttributeError: `from module import name` shows it as it is.
+        raise ImportError(
+            f"taskbed's stand-in for {module} has no {name!r} (it has {have}); install the "
+            "platform (democrai, Python 3.12+) to use it, or leave it out of the code under "
+            "test (see docs/guides/testing-modules.md#the-platform-stand-in)",
+            name=module,
+        )
+
+    return __getattr__
 
 
 def platform_installed() -> bool:

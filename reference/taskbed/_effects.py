@@ -198,9 +198,63 @@ class Effects:
         *,
         surface_id: str = "main",
     ) -> None:
+        await self._publish_collection(
+            "append", stream_id, component_id, property_name, value, surface_id
+        )
+
+    async def publish_collection_prepend(
+        self,
+        stream_id: str,
+        component_id: str,
+        property_name: str,
+        value: Any,
+        *,
+        surface_id: str = "main",
+    ) -> None:
+        await self._publish_collection(
+            "prepend", stream_id, component_id, property_name, value, surface_id
+        )
+
+    async def publish_collection_remove(
+        self,
+        stream_id: str,
+        component_id: str,
+        property_name: str,
+        value: Any,
+        *,
+        surface_id: str = "main",
+    ) -> None:
+        await self._publish_collection(
+            "remove", stream_id, component_id, property_name, value, surface_id
+        )
+
+    async def publish_collection_replace(
+        self,
+        stream_id: str,
+        component_id: str,
+        property_name: str,
+        value: Any,
+        *,
+        surface_id: str = "main",
+    ) -> None:
+        await self._publish_collection(
+            "replace", stream_id, component_id, property_name, value, surface_id
+        )
+
+    async def _publish_collection(  # noqa: PLR0917 - the publish_collection_* arguments, in order
+        self,
+        action: str,
+        stream_id: str,
+        component_id: str,
+        property_name: str,
+        value: Any,
+        surface_id: str,
+    ) -> None:
         await self.publish_ui_message(
             stream_id,
-            self.ui_collection_append(component_id, property_name, value, surface_id=surface_id),
+            ui.Builder.build_property_update_payload(
+                component_id, property_name, value, action, surface_id
+            ),
         )
 
     async def publish_state_patch(

@@ -10,13 +10,13 @@ from types import TracebackType
 from typing import Any
 
 from ._channel import Connection, ConnectionRegistry
-from ._context import RequestContext, reset_request, set_request
+from ._context import RequestContext, current_sdk_var, reset_request, set_request
 from ._manager import TaskManager
 from ._memory_store import MemoryStore
 from ._model import serialize
 from ._ports import Clock, ProcessRunner, TaskStore, WallClock
 from ._process import OSProcessRunner
-from ._sdk import DEFAULT_NAMESPACES, ModuleSDK, NamespaceFactory, check_namespaces, using_sdk
+from ._sdk import DEFAULT_NAMESPACES, ModuleSDK, NamespaceFactory, check_namespaces
 from ._tasks import Tasks, session_owner
 from ._threads import WorkerPool
 
@@ -144,11 +144,13 @@ class Runtime:
             user_id = org_id = None
         key = session.get("session_key")
         ctx = RequestContext(request_id, user_id, org_id, module, None if key is None else str(key))
+        sdk = self.sdk_class(self, session, module)
         token = set_request(ctx)
+        sdk_token = current_sdk_var.set(sdk)
         try:
-            with using_sdk(self.sdk_class(self, session, module)) as sdk:
-                yield sdk
+            yield sdk
         finally:
+            current_sdk_var.reset(sdk_token)
             reset_request(token)
 
     def publish(self, stream_id: str, data: Any) -> None:

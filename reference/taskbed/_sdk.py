@@ -13,8 +13,8 @@ and task runner set).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+import threading
+from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,8 @@ DEFAULT_NAMESPACES: Mapping[str, NamespaceFactory] = {
     "media": Media,
     "effects": Effects,
 }
+
+_building = threading.RLock()  # reentrant: a factory may read another namespace of its SDK
 
 #: Attributes of the SDK itself, which no namespace may replace.
 RESERVED = frozenset({"tasks", "session", "module_name", "module_path", "current_path", "host"})
@@ -85,7 +87,8 @@ class ModuleSDK:
         host: the runtime that built it.
 
     Every other namespace the runtime was given (``Runtime(namespaces=...)``) is an attribute
-    too; reading one that is not there raises an AttributeError that says how to add it.
+    too, built by its factory when first read; reading one that is not there raises an
+    AttributeError that says how to add it.
     """
 
     ui: ModuleType
@@ -101,16 +104,22 @@ class ModuleSDK:
         self.current_path = ""
         self.tasks: Tasks = runtime.tasks_class(runtime, session, module)
         self.tasks.sdk = self
-        for name, factory in runtime.namespaces.items():
-            setattr(self, name, factory(self))
 
     def __getattr__(self, name: str) -> Any:
-        # Only reached for attributes that are not there: a namespace nobody provided.
-        if name.startswith("_"):
+        # Reached only for attributes not set yet: a namespace is built on first use (most
+        # requests touch one or two), once per SDK, then it is a plain attribute.
+        host = vars(self).get("host")
+        if name.startswith("_") or host is None:  # not built by __init__ (a copy, a pickle)
             raise AttributeError(name)
-        have = sorted(n for n in vars(self) if not n.startswith("_") and n not in RESERVED)
+        factory = host.namespaces.get(name)
+        if factory is not None:
+            with _building:  # threads reading it first at once get one and the same object
+                if name not in vars(self):
+                    setattr(self, name, factory(self))
+            return vars(self)[name]
+        have = ", ".join(sorted(host.namespaces))
         raise AttributeError(
-            f"module_sdk has no namespace {name!r} here (it has tasks, {', '.join(have)}); "
+            f"module_sdk has no namespace {name!r} here (it has tasks, {have}); "
             f"add one for every SDK with Runtime(namespaces={{{name!r}: factory}}) or, in "
             f"tests, @pytest.mark.taskbed(namespaces={{{name!r}: factory}}) "
             "(see docs/guides/testing-modules.md#namespaces)"
@@ -131,14 +140,3 @@ def current_sdk() -> ModuleSDK | None:
     """
     sdk: ModuleSDK | None = sdk_variable().get()
     return sdk
-
-
-@contextmanager
-def using_sdk(sdk: ModuleSDK) -> Iterator[ModuleSDK]:
-    """Make *sdk* the current SDK for a block (a request or an action call)."""
-    variable = sdk_variable()
-    token = variable.set(sdk)
-    try:
-        yield sdk
-    finally:
-        variable.reset(token)

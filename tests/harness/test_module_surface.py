@@ -232,6 +232,27 @@ async def test_namespaces_are_added_or_replaced_on_every_sdk(taskbed: Harness) -
     assert taskbed.sdk().database.module == "mod"  # outside a request too
 
 
+def test_a_namespace_is_built_once_per_sdk_when_first_read() -> None:
+    built: list[ModuleSDK] = []
+
+    def counted(sdk: ModuleSDK) -> object:
+        built.append(sdk)
+        return object()
+
+    rt = taskbed.Runtime(namespaces={"db": counted})
+    sdk = rt.sdk(session={"user": {"id": 1}}, module="m")
+    assert built == []  # nothing built for an SDK that never reads it
+    results: list[object] = []
+    threads = [threading.Thread(target=lambda: results.append(sdk.db)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert built == [sdk]
+    assert all(r is results[0] for r in results)
+    assert rt.sdk(session={}, module="m").db is not results[0]  # one per SDK
+
+
 def test_namespace_names_and_factories_are_checked() -> None:
     with pytest.raises(ValueError, match=r"^'tasks' is part of the SDK itself"):
         taskbed.Runtime(namespaces={"tasks": Database})
@@ -290,6 +311,7 @@ async def test_emitted_effects_and_live_messages_in_order(taskbed: Harness) -> N
         async def job() -> None:
             await asyncio.sleep(30)
             await module_sdk.effects.publish_property_update("s-1", "bar", "value", 50)
+            await module_sdk.effects.publish_collection_remove("s-1", "list", "items", 3)
 
         await module_sdk.tasks.run_background(job(), "Job")
         fx = module_sdk.effects
@@ -306,11 +328,13 @@ async def test_emitted_effects_and_live_messages_in_order(taskbed: Harness) -> N
         await emitted.expect("propertyUpdate")
     body = await emitted.expect("propertyUpdate", within=60, componentId="bar", value=50)
     assert body["propertyName"] == "value"
+    removed = await emitted.expect("propertyUpdate", action="remove", value=3)
     emitted.expect_nothing()
     assert emitted.items[-1].stream_id == "s-1"
     assert emitted.ui_messages == [
         {"stateUpdate": {"scope": "page", "values": {"/a": 1}}},
         {"propertyUpdate": body},
+        {"propertyUpdate": removed},
     ]
     assert emitted.toasts == [{"level": "success", "message": "Started"}]
 
@@ -359,6 +383,8 @@ def test_the_standin_provides_the_platform_imports(no_standin: None) -> None:
         "Text": {"text": {"literalString": "Replace?"}}
     }
     assert sys.modules["democrai"].__taskbed_standin__ is True
+    with pytest.raises(ImportError, match=r"^taskbed's stand-in for democrai\.sdk\.decorators "):
+        from democrai.sdk.decorators import validate  # type: ignore[import-not-found] # noqa: F401
     assert not platform_installed()
     assert install_democrai_standin() is finder  # once
     uninstall_democrai_standin()
