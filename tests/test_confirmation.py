@@ -18,9 +18,23 @@ from taskbed import Connection, ModuleSDK, Runtime, ui
 
 CONFIRM_KEYS = {"taskId", "label", "surfaceId", "components", "updatedAt", "updatedAtLabel"}
 COMPONENTS = [
-    {"type": "text", "text": "Go?"},
-    {"type": "button", "label": "Yes", "value": "Yes"},
-]
+    {"id": "q", "component": {"Text": {"text": {"literalString": "Go?"}}},
+     "children": {"explicitList": []}},
+    {
+        "id": "yes",
+        "component": {
+            "Button": {
+                "label": {"literalString": "Yes"},
+                "variant": "default",
+                "mode": "solid",
+                "btnsize": "normal",
+                "shape": "default",
+                "capabilities": ["enabled.set", "visible.set"],
+            }
+        },
+        "children": {"explicitList": []},
+    },
+]  # fmt: skip
 
 RequestAs = Callable[..., AbstractAsyncContextManager[ModuleSDK]]
 
@@ -40,7 +54,7 @@ class Asker:
 
         async def job() -> dict[str, Any]:
             task_id = await own_id
-            builder = sdk.ui.Builder().add(sdk.ui.Text("Go?")).add(sdk.ui.Button("Yes"))
+            builder = sdk.ui.Builder().add(sdk.ui.Text("q", "Go?")).add(sdk.ui.Button("yes", "Yes"))
             try:
                 answer = await sdk.tasks.request_confirmation(task_id, builder)
             except BaseException as exc:
@@ -108,7 +122,8 @@ async def test_request_confirmation_waits_and_pushes_the_surface(
     assert body["label"] == "Deploy"
     assert body["surfaceId"] == f"task_confirm_{tid}"
     assert body["components"] == COMPONENTS
-    assert body["components"] == ui.Builder().add(ui.Text("Go?")).add(ui.Button("Yes")).build()
+    builder = ui.Builder().add(ui.Text("q", "Go?")).add(ui.Button("yes", "Yes"))
+    assert body["components"] == builder.build()
     assert body["updatedAt"] == row["updatedAt"]
     assert body["updatedAtLabel"] == row["updatedAtLabel"]
 
@@ -199,7 +214,7 @@ async def test_request_confirmation_for_an_unknown_id_raises_value_error(
 ) -> None:
     owner = rt.connect(7, 10)
     async with request_as(user=7, org=10) as sdk:
-        builder = sdk.ui.Builder().add(sdk.ui.Text("Go?")).add(sdk.ui.Button("Yes"))
+        builder = sdk.ui.Builder().add(sdk.ui.Text("q", "Go?")).add(sdk.ui.Button("yes", "Yes"))
         with pytest.raises(ValueError, match=unknown):
             await asyncio.wait_for(sdk.tasks.request_confirmation(unknown, builder), 1)
         assert sdk.tasks.list_user_tasks(7, 10) == []

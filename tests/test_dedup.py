@@ -153,7 +153,7 @@ async def test_every_active_state_holds_the_key(
             task_id = await own_id
             if state == "waiting_confirmation":
                 return await sdk.tasks.request_confirmation(
-                    task_id, ui.Builder().add(ui.Text("Go on?")).add(ui.Button("Yes"))
+                    task_id, ui.Builder().add(ui.Text("q", "Go on?")).add(ui.Button("yes", "Yes"))
                 )
             await release.wait()
             return None

@@ -68,9 +68,15 @@ def files_of(directory: Path) -> dict[str, bytes]:
     }
 
 
+#: The module files the examples test (``docs/examples/<module>.py``), written for the platform.
+MODULE_FILES = sorted(p for p in EXAMPLES.glob("*.py") if not p.name.startswith("test_"))
+
+
 def copy_example(pytester: pytest.Pytester, example: Path) -> None:
-    """The example file and its cassettes, as they would sit in a user's tests directory."""
+    """The example file, the module files and its cassettes, as in a user's project."""
     shutil.copy(example, pytester.path / example.name)
+    for module in MODULE_FILES:
+        shutil.copy(module, pytester.path / module.name)
     cassettes = EXAMPLES / "cassettes" / example.stem
     if cassettes.is_dir():
         shutil.copytree(cassettes, pytester.path / "cassettes" / example.stem)
@@ -304,7 +310,10 @@ DOC_LINK = re.compile(r"docs/(guides/[\w-]+\.md)(?:#([\w-]+))?")
 
 
 def test_error_messages_link_to_pages_and_anchors_that_exist() -> None:
-    sources = (ROOT / "harness" / "taskbed_harness").glob("*.py")
+    sources = [
+        *(ROOT / "harness" / "taskbed_harness").glob("*.py"),
+        *(ROOT / "reference" / "taskbed").glob("*.py"),
+    ]
     links = {m.groups() for path in sources for m in DOC_LINK.finditer(path.read_text("utf-8"))}
     assert ("guides/harness.md", "options") in links
     for page, anchor in links:

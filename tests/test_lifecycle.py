@@ -166,7 +166,7 @@ async def test_terminal_row_never_changes_whatever_arrives_afterwards(
         await conn.send({"backgroundTaskResponse": {"taskId": task_id, "response": "yes"}})
         await conn.send({"backgroundTaskCancel": {"taskId": task_id}})
         with pytest.raises(LifecycleError, match=f"state '{status}'"):
-            await sdk.tasks.request_confirmation(task_id, ui.Builder().add(ui.Text("late?")))
+            await sdk.tasks.request_confirmation(task_id, ui.Builder().add(ui.Text("q", "late?")))
         await settle()
 
         assert sdk.tasks.list_user_tasks(7, 10) == [final]
@@ -202,7 +202,7 @@ async def test_withdrawn_question_returns_to_running_and_the_task_can_complete(
 
         async def job() -> str:
             await settle()
-            question = sdk.tasks.request_confirmation(ids[0], ui.Builder().add(ui.Text("ok?")))
+            question = sdk.tasks.request_confirmation(ids[0], ui.Builder().add(ui.Text("q", "ok?")))
             try:
                 return str(await asyncio.wait_for(question, timeout=0.01))
             except TimeoutError:
@@ -282,7 +282,7 @@ class Driven:
 
     async def _ask(self) -> None:
         question = asyncio.ensure_future(
-            self.sdk.tasks.request_confirmation(self.task_id, [ui.Text("go?")])
+            self.sdk.tasks.request_confirmation(self.task_id, [ui.Text("q", "go?")])
         )
         withdrawn = asyncio.ensure_future(self.withdraw.wait())
         try:

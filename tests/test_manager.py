@@ -181,7 +181,7 @@ async def _assert_not_initialized(rt: Runtime) -> None:
     rt.register_task("named", _job)
     with pytest.raises(RuntimeError, match="TaskManager not initialized"):
         await sdk.tasks.run_background("named")
-    builder = ui.Builder().add(ui.Text("Go?")).add(ui.Button("Yes"))
+    builder = ui.Builder().add(ui.Text("q", "Go?")).add(ui.Button("yes", "Yes"))
     with pytest.raises(RuntimeError, match="TaskManager not initialized"):
         await asyncio.wait_for(sdk.tasks.request_confirmation("any-id", builder), 1)
 

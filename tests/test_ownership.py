@@ -125,7 +125,7 @@ async def test_lifecycle_messages_reach_only_the_owners_connections(
             await sdk.tasks.update_progress(ids[0], 0.5, checkpoint={"page": 3})
             await sdk.tasks.emit_progress(ids[0], 0.6)
             asked.set()
-            return await sdk.tasks.request_confirmation(ids[0], [ui.Text("Send?")])
+            return await sdk.tasks.request_confirmation(ids[0], [ui.Text("q", "Send?")])
 
         ids.append(await sdk.tasks.run_background(work(), "Mail"))
         await asked.wait()
@@ -187,7 +187,7 @@ async def test_commands_from_anyone_but_the_owner_have_no_effect_and_leak_nothin
 
         async def work() -> Any:
             asked.set()
-            answer = await sdk.tasks.request_confirmation(ids[0], [ui.Button("Go")])
+            answer = await sdk.tasks.request_confirmation(ids[0], [ui.Button("go", "Go")])
             await sdk.tasks.update_progress(ids[0], 0.9)
             await release.wait()
             return answer
@@ -270,7 +270,7 @@ async def test_offline_owner_gets_outcomes_in_order_on_reconnect(
 
         async def c() -> Any:
             await gates["C"].wait()
-            return await sdk.tasks.request_confirmation(ids["C"], [ui.Text("C?")])
+            return await sdk.tasks.request_confirmation(ids["C"], [ui.Text("q", "C?")])
 
         for name, work in (("A", a()), ("B", b()), ("C", c())):
             ids[name] = await sdk.tasks.run_background(work, f"Job {name}")
@@ -297,7 +297,11 @@ async def test_offline_owner_gets_outcomes_in_order_on_reconnect(
         assert back.messages[1]["backgroundTaskError"]["error"] == "A broke"
         assert back.messages[2]["backgroundTaskCompleted"]["result"] == "B done"
         assert back.messages[0]["backgroundTaskConfirmation"]["components"] == [
-            {"type": "text", "text": "C?"}
+            {
+                "id": "q",
+                "component": {"Text": {"text": {"literalString": "C?"}}},
+                "children": {"explicitList": []},
+            }
         ]
         # receive() hands them out in the same order
         assert [await back.receive() for _ in range(3)] == back.messages

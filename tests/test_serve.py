@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -85,6 +86,18 @@ def test_serve_refuses_a_non_loopback_host_and_a_bad_module(
     assert "taskbed serve: no module file at" in capsys.readouterr().err
 
 
+def test_a_taken_port_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["serve", str(EXAMPLE), "--db", str(tmp_path / "t.db"), "--port", str(port)]
+        assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err
+    assert "pick another port with --port N" in err
+
+
 # ---------------------------------------------------------------- endpoints
 
 
@@ -142,14 +155,15 @@ async def test_an_action_starts_a_job_that_the_socket_follows_to_its_end(
     )
     result = (await _next(client, "actionResult"))["result"]
     task_id = result["taskId"]
-    assert result["card"] == {"type": "backgroundTask", "taskId": task_id, "label": "Export"}
+    assert result["card"]["id"] == "export"
+    assert result["card"]["component"] == {"BackgroundTask": {"task_id": task_id}}
     progress = [
         (await _next(client, "backgroundTaskProgress"))["backgroundTaskProgress"]["progress"]
         for _ in range(3)
     ]
     assert progress == pytest.approx([1 / 3, 2 / 3, 1.0])
     question = (await _next(client, "backgroundTaskConfirmation"))["backgroundTaskConfirmation"]
-    assert [c.get("value") for c in question["components"]] == [None, "publish", "discard"]
+    assert [c["id"] for c in question["components"]] == ["question", "publish", "discard"]
     await client.send({"backgroundTaskResponse": {"taskId": task_id, "response": "publish"}})
     done = (await _next(client, "backgroundTaskCompleted"))["backgroundTaskCompleted"]
     assert done["result"] == {"rows": 5, "published": True}

@@ -7,6 +7,8 @@ import asyncio
 
 import pytest
 
+from taskbed import ui
+
 # ---------------------------------------------------------------- the module code
 
 
@@ -16,9 +18,9 @@ async def start_publish(sdk, draft_id):
     async def publish():
         question = (
             sdk.ui.Builder()
-            .add(sdk.ui.Text(f"Publish draft {draft_id}?"))
-            .add(sdk.ui.Button("Publish", value="yes"))
-            .add(sdk.ui.Button("Not now", value="no"))
+            .add(sdk.ui.Text("q", f"Publish draft {draft_id}?"))
+            .add(sdk.ui.Button("yes", "Publish"))
+            .add(sdk.ui.Button("no", "Not now"))
         )
         answer = await sdk.tasks.request_confirmation(task_id, question)
         if answer != "yes":
@@ -43,7 +45,8 @@ async def test_the_owner_confirms_in_the_client(taskbed, taskbed_client):
     question = await taskbed_client.expect(
         "backgroundTaskConfirmation", taskId=task_id, surfaceId=f"task_confirm_{task_id}"
     )
-    assert question["components"][0] == {"type": "text", "text": "Publish draft d-1?"}
+    (text,) = ui.components_of(question, "Text")
+    assert text["component"]["Text"]["text"] == {"literalString": "Publish draft d-1?"}
     assert taskbed.row(task_id)["status"] == "waiting_confirmation"
 
     await taskbed_client.respond(task_id, "yes")

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 # that has taskbed[harness]; importing it runs this file. Names resolve lazily (PEP 562) so that
 # costs nothing until a test uses the harness; type checkers see the plain imports below.
 if TYPE_CHECKING:
+    from ._actions import action as action
+    from ._actions import resolve_action as resolve_action
     from ._adapters import CAPABILITIES as CAPABILITIES
     from ._adapters import SANDBOX_VARIABLES as SANDBOX_VARIABLES
     from ._adapters import FakeImplementation as FakeImplementation
@@ -33,6 +35,8 @@ if TYPE_CHECKING:
     from ._conform import Result as Result
     from ._conform import run_rule as run_rule
     from ._conform import run_suite as run_suite
+    from ._emitted import Emission as Emission
+    from ._emitted import Emitted as Emitted
     from ._fake import FakeTaskManager as FakeTaskManager
     from ._fake import HarnessRuntime as HarnessRuntime
     from ._fake import InjectedFailure as InjectedFailure
@@ -48,12 +52,18 @@ if TYPE_CHECKING:
     from ._processes import UnmatchedCommandError as UnmatchedCommandError
     from ._spec import Rule as Rule
     from ._spec import load_rules as load_rules
+    from ._standin import StandinFinder as StandinFinder
+    from ._standin import install_democrai_standin as install_democrai_standin
+    from ._standin import platform_installed as platform_installed
+    from ._standin import uninstall_democrai_standin as uninstall_democrai_standin
     from ._ws_adapter import ReferenceWebSocketImplementation as ReferenceWebSocketImplementation
     from ._ws_adapter import reference_ws as reference_ws_implementation
     from ._ws_client import SocketClient as SocketClient
     from ._ws_client import SocketRefusedError as SocketRefusedError
 
 _WHERE: dict[str, tuple[str, str]] = {
+    "action": ("._actions", "action"),
+    "resolve_action": ("._actions", "resolve_action"),
     "CAPABILITIES": ("._adapters", "CAPABILITIES"),
     "SANDBOX_VARIABLES": ("._adapters", "SANDBOX_VARIABLES"),
     "FakeImplementation": ("._adapters", "FakeImplementation"),
@@ -72,6 +82,8 @@ _WHERE: dict[str, tuple[str, str]] = {
     "Result": ("._conform", "Result"),
     "run_rule": ("._conform", "run_rule"),
     "run_suite": ("._conform", "run_suite"),
+    "Emission": ("._emitted", "Emission"),
+    "Emitted": ("._emitted", "Emitted"),
     "FakeTaskManager": ("._fake", "FakeTaskManager"),
     "HarnessRuntime": ("._fake", "HarnessRuntime"),
     "InjectedFailure": ("._fake", "InjectedFailure"),
@@ -92,6 +104,10 @@ _WHERE: dict[str, tuple[str, str]] = {
     "reference_ws_implementation": ("._ws_adapter", "reference_ws"),
     "SocketClient": ("._ws_client", "SocketClient"),
     "SocketRefusedError": ("._ws_client", "SocketRefusedError"),
+    "StandinFinder": ("._standin", "StandinFinder"),
+    "install_democrai_standin": ("._standin", "install_democrai_standin"),
+    "platform_installed": ("._standin", "platform_installed"),
+    "uninstall_democrai_standin": ("._standin", "uninstall_democrai_standin"),
 }
 
 __all__ = (
@@ -104,6 +120,8 @@ __all__ = (
     "CassetteError",
     "ClientView",
     "DeadlockError",
+    "Emission",
+    "Emitted",
     "FakeImplementation",
     "FakeTaskManager",
     "FreezegunConflictError",
@@ -121,17 +139,23 @@ __all__ = (
     "Rule",
     "SocketClient",
     "SocketRefusedError",
+    "StandinFinder",
     "Submission",
     "UnmatchedCommandError",
     "VirtualClock",
     "VirtualEventLoop",
+    "action",
     "fake_implementation",
+    "install_democrai_standin",
     "load_rules",
     "new_virtual_loop",
+    "platform_installed",
     "reference_implementation",
     "reference_ws_implementation",
+    "resolve_action",
     "run_rule",
     "run_suite",
+    "uninstall_democrai_standin",
 )
 
 

@@ -26,7 +26,7 @@ async def _demo(db: str | None) -> int:
                     await asyncio.sleep(0.01)
                     await sdk.tasks.update_progress(me, step / 4, checkpoint={"step": step})
                 answer = await sdk.tasks.request_confirmation(
-                    me, ui.Builder().add(ui.Text("Publish?")).add(ui.Button("Yes"))
+                    me, ui.Builder().add(ui.Text("q", "Publish?")).add(ui.Button("yes", "Yes"))
                 )
                 done = await sdk.tasks.run_subprocess(["echo", "$HOME; not a shell"])
                 return {"answer": answer, "echo": done.stdout.strip()}

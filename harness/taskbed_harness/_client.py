@@ -124,18 +124,9 @@ class ClientView:
                 "but nothing arrived\n" + self._transcript()
             ) from None
         body = _body(message)
-        wrong = {k: v for k, v in fields.items() if body.get(k, _MISSING) != v}
-        if _kind(message) != kind or wrong:
-            diff = "\n".join(
-                f"    {k}: expected {v!r}, got {body.get(k, '<missing>')!r}"
-                for k, v in wrong.items()
-            )
-            raise AssertionError(
-                f"expected {kind} with {fields}\n"
-                f"     got {_kind(message)} {json.dumps(body)}\n"
-                + (f"  differing fields:\n{diff}\n" if diff else "")
-                + self._transcript()
-            )
+        wrong = mismatch(kind, fields, _kind(message), body)
+        if wrong is not None:
+            raise AssertionError(wrong + self._transcript())
         return body
 
     async def expect_nothing(self, within: float) -> None:
@@ -199,3 +190,21 @@ class ClientView:
 
 
 _MISSING = object()
+
+
+def mismatch(kind: str, fields: dict[str, Any], got_kind: str, body: dict[str, Any]) -> str | None:
+    """What differs between the expected *kind* / *fields* and what came, or None if nothing.
+
+    Shared by the client's and the emitted view's ``expect``: fields compare with ``==``.
+    """
+    wrong = {k: v for k, v in fields.items() if body.get(k, _MISSING) != v}
+    if got_kind == kind and not wrong:
+        return None
+    diff = "\n".join(
+        f"    {k}: expected {v!r}, got {body.get(k, '<missing>')!r}" for k, v in wrong.items()
+    )
+    return (
+        f"expected {kind} with {fields}\n"
+        f"     got {got_kind} {json.dumps(body, default=repr)}\n"
+        + (f"  differing fields:\n{diff}\n" if diff else "")
+    )

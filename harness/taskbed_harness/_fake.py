@@ -15,8 +15,7 @@ from collections import deque
 from collections.abc import Awaitable
 from typing import Any
 
-from taskbed import Connection, ConnectionRegistry, Owner, Runtime, TaskManager, TaskRecord
-from taskbed._manager import Work
+from taskbed import Connection, ConnectionRegistry, Owner, Runtime, TaskManager, TaskRecord, Work
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

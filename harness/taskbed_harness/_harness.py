@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from types import TracebackType
@@ -17,8 +17,10 @@ from typing import Any
 
 from taskbed import MemoryStore, ModuleSDK, SQLiteStore, TaskStore, serialize
 
+from ._actions import resolve_action
 from ._client import ClientView
 from ._clock import VirtualClock, VirtualEventLoop
+from ._emitted import Emitted
 from ._fake import FakeTaskManager, HarnessRuntime
 from ._processes import RecordedProcessRunner
 
@@ -42,6 +44,12 @@ class HarnessOptions:
         start: where the virtual clock starts (a timezone-aware ``datetime`` or epoch
             seconds; default 2026-01-01T00:00:00Z). The pytest plugin reads it from the marker
             when it makes the test's loop.
+        namespaces: name -> factory called with every SDK the harness builds (``factory(sdk)``):
+            adds a namespace or replaces ``ui``, ``i18n``, ``media``, ``effects`` (e.g. by the
+            platform's own classes, which take the SDK).
+        translations: the ``i18n.t`` catalog, language -> key -> text (none: keys as is).
+        media: the ``media.view`` blobs, storage path -> bytes.
+        language: the language ``i18n.t`` uses when the session names none.
     """
 
     user: Any = 7
@@ -57,6 +65,10 @@ class HarnessOptions:
     redact_keys: tuple[str, ...] = ()
     store: str = "memory"
     start: datetime | float | None = None
+    namespaces: Mapping[str, Callable[[ModuleSDK], Any]] | None = None
+    translations: Mapping[str, Mapping[str, str]] | None = None
+    media: Mapping[str, bytes] | None = None
+    language: str = "en"
 
     def __post_init__(self) -> None:
         if self.store not in ("memory", "sqlite"):
@@ -89,6 +101,7 @@ class Harness:
         runtime: the ``Runtime`` (reference rules, fake manager).
         processes: the ``RecordedProcessRunner`` (``tb.processes.register([...], stdout=...)``).
         manager: the running ``FakeTaskManager`` (hold, release, fail, answer, cancel).
+        emitted: the ``Emitted`` effects and UI messages of the module (``expect``, ``toasts``).
         options: the ``HarnessOptions`` in force.
     """
 
@@ -106,6 +119,7 @@ class Harness:
         self.store: TaskStore = MemoryStore() if self.options.store == "memory" else SQLiteStore()
         self._runtime: HarnessRuntime | None = None
         self._clients: list[ClientView] = []
+        self.emitted = Emitted()
 
     # ------------------------------------------------------------ life
 
@@ -137,9 +151,17 @@ class Harness:
                 )
             self._clock = loop.clock
         self._clock.autojump = self.options.autojump
+        o = self.options
         self._runtime = HarnessRuntime(
-            store=self.store, clock=self._clock, process_runner=self.processes
+            store=self.store,
+            clock=self._clock,
+            process_runner=self.processes,
+            namespaces=o.namespaces,
+            translations=o.translations,
+            media=o.media,
+            default_language=o.language,
         )
+        self._runtime.stream_listeners.append(self.emitted.add_published)
         await self._runtime.start()
         if self.options.hold:
             self.manager.hold()
@@ -197,6 +219,58 @@ class Harness:
             request_id=request_id,
         ) as sdk:
             yield sdk
+
+    async def call_action(
+        self,
+        action: Callable[..., Any] | str,
+        ctx: dict[str, Any] | None = None,
+        *,
+        user: Any = _UNSET,
+        organization: Any = _UNSET,
+        module: str | None = None,
+        request_id: str | None = "request-1",
+    ) -> Any:
+        """Call an action as the platform does: ``action(ctx, session, module_sdk)``, one request.
+
+        The action runs as one request of *user* to *module* (the options' by default); its
+        SDK is ``current_sdk()`` meanwhile. Its response is returned and its effects are
+        recorded in ``emitted``.
+
+        Args:
+            action: the action function (``@action`` or a plain ``async def f(ctx, session,
+                module_sdk)``), or the name it was registered under with ``@action``.
+            ctx: the action's context (``{"storage_ref": ...}``); ``{}`` by default.
+
+        Raises:
+            LookupError: no action is registered under that name.
+            TypeError: *action* is neither a function nor a name, or *ctx* is not a dict.
+        """
+        func = resolve_action(action)
+        if ctx is None:
+            ctx = {}
+        if not isinstance(ctx, dict):
+            raise TypeError(
+                f"an action's ctx is a dict, got {type(ctx).__name__} {ctx!r}; write "
+                "await taskbed.call_action(my_action, {'storage_ref': 'uploads/m.json'}) "
+                "(see docs/guides/testing-modules.md#calling-an-action)"
+            )
+        async with self.request(
+            user=user, organization=organization, module=module, request_id=request_id
+        ) as sdk:
+            response = await func(ctx, sdk.session, sdk)
+        self.emitted.add_response(response)
+        return response
+
+    def add_media(self, path: str, payload: bytes) -> str:
+        """Store bytes for ``media.view(path)`` of every SDK; returns *path*."""
+        if not isinstance(payload, bytes | bytearray) or not payload:
+            raise TypeError(f"media is non-empty bytes, got {payload!r}; e.g. b'{{}}'")
+        self.runtime.media_blobs[str(path)] = bytes(payload)
+        return str(path)
+
+    def add_translations(self, language: str, texts: Mapping[str, str]) -> None:
+        """Add ``i18n.t`` texts of one language (``{"mod.title": "Models"}``)."""
+        self.runtime.translations.setdefault(language, {}).update(texts)
 
     def sdk(
         self, *, user: Any = _UNSET, organization: Any = _UNSET, module: str | None = None

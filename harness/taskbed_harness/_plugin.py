@@ -7,13 +7,17 @@ that has ``taskbed[harness]``, so the harness itself is imported only when a tes
 What it adds:
 
 * fixtures ``taskbed`` (the whole ``Harness``), and one per part: ``taskbed_clock``,
-  ``taskbed_client``, ``taskbed_manager``, ``taskbed_processes``, ``taskbed_sdk``;
+  ``taskbed_client``, ``taskbed_emitted``, ``taskbed_manager``, ``taskbed_processes``,
+  ``taskbed_sdk``;
 * the marker ``@pytest.mark.taskbed(**options)`` (keyword-only; the closest marker wins per
   option; an unknown option fails the test);
 * the options ``--taskbed-record=MODE`` (cassette record mode, overrides markers);
 * a fresh virtual-time event loop for every test that uses a taskbed fixture, through
   pytest-asyncio's ``pytest_asyncio_loop_factories`` hook; other tests keep the default loop;
-* teardown checks (unused recorded commands) whose messages link to the docs.
+* teardown checks (unused recorded commands) whose messages link to the docs;
+* where the platform (``democrai``) is not installed, a stand-in for the platform modules that
+  module code imports (``from democrai.sdk.decorators import action``), switched off with the
+  ini option ``taskbed_democrai_standin = false``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ if TYPE_CHECKING:
 
     from ._client import ClientView
     from ._clock import VirtualClock
+    from ._emitted import Emitted
     from ._fake import FakeTaskManager
     from ._harness import Harness
     from ._processes import RecordedProcessRunner
@@ -49,6 +54,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="record mode for subprocess cassettes: none (replay only, the default), once, "
         "new, all. Overrides @pytest.mark.taskbed(record=...).",
     )
+    parser.addini(
+        "taskbed_democrai_standin",
+        "make `import democrai...` work with taskbed's stand-in where the platform is not "
+        "installed (default true; a real democrai always wins)",
+        type="bool",
+        default=True,
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -58,6 +70,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "@pytest.mark.taskbed(user=7, organization=10, hold=True, record='once'); "
         "see taskbed_harness.HarnessOptions",
     )
+    if config.getini("taskbed_democrai_standin"):
+        from ._standin import install_democrai_standin
+
+        if install_democrai_standin() is not None:
+            config.add_cleanup(_remove_standin)
     mode = config.getoption("taskbed_record")
     if mode is None:
         return
@@ -68,6 +85,12 @@ def pytest_configure(config: pytest.Config) -> None:
             f"--taskbed-record={mode!r} is not a record mode; use one of "
             f"{', '.join(RECORD_MODES)} (e.g. --taskbed-record=once)"
         )
+
+
+def _remove_standin() -> None:
+    from ._standin import uninstall_democrai_standin
+
+    uninstall_democrai_standin()
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -120,6 +143,10 @@ async def taskbed(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
             ``answer()``, ``cancel()``, ``submissions``).
         processes: recorded subprocesses (``register(argv, stdout=...)``, cassettes).
         request(user=, organization=, module=) -> async context manager yielding the SDK.
+        call_action(action_or_name, ctx, *, user=, organization=, module=) -> the response of
+            ``action(ctx, session, module_sdk)`` run as one request.
+        emitted: the module's effects and UI messages (``expect``, ``toasts``, ``ui_messages``).
+        add_media(path, payload), add_translations(language, texts).
         sdk(...), client(user=, organization=), wait(task_id), row(task_id), session(...).
 
     Teardown: the runtime stops (running tasks end ``interrupted``), then every recorded or
@@ -165,3 +192,9 @@ def taskbed_processes(taskbed: Harness) -> RecordedProcessRunner:
 def taskbed_sdk(taskbed: Harness) -> ModuleSDK:
     """A module SDK of the default user and module, outside any request."""
     return taskbed.sdk()
+
+
+@pytest.fixture
+def taskbed_emitted(taskbed: Harness) -> Emitted:
+    """What the module emitted: its actions' effects and its UI messages (``expect``)."""
+    return taskbed.emitted

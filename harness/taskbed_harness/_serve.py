@@ -6,9 +6,11 @@ person pick a user, call one of the module's actions with a JSON ``ctx``, and fo
 user's tasks as live cards (label, progress bar, status, the confirmation prompt with its
 buttons, cancel), fed by the socket as the runtime sends the messages.
 
-Actions are the module's ``async def name(ctx, session, module_sdk)`` functions (the
-platform's action shape). An action runs as one request of the chosen user, in the module
-named after the file; its return value is shown as JSON.
+Actions are the module's ``@action`` functions (``from democrai.sdk.decorators import
+action``: the platform's, or taskbed's stand-in where the platform is not installed) and its
+undecorated ``async def name(ctx, session, module_sdk)`` functions. An action runs as one
+request of the chosen user, in the module named after the file; its return value (components
+serialized as the platform's) is shown as JSON.
 
 Endpoints (GET only, loopback ``Host`` only, so a page of another site cannot use them):
 
@@ -40,6 +42,8 @@ from typing import Any
 from taskbed import Owner, Runtime, SQLiteStore
 from taskbed.ws import WebSocketChannel
 
+from ._standin import install_democrai_standin
+
 #: Hosts ``taskbed serve`` binds to: loopback only.
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 ACTION_PARAMETERS = ("ctx", "session", "module_sdk")
@@ -70,6 +74,7 @@ def load_module(path: str | Path) -> tuple[str, dict[str, Action], ModuleType]:
     if spec is None or spec.loader is None:  # pragma: no cover - a .py file always has one
         raise ModuleLoadError(f"cannot import {str(file)!r}")
     module = importlib.util.module_from_spec(spec)
+    install_democrai_standin()  # `from democrai.sdk...` imports work (the platform wins)
     sys.path.insert(0, str(file.parent.resolve()))  # its sibling imports work as in a package
     try:
         spec.loader.exec_module(module)
@@ -82,7 +87,9 @@ def load_module(path: str | Path) -> tuple[str, dict[str, Action], ModuleType]:
     actions = {
         getattr(func, "action_name", None) or attr: func
         for attr, func in vars(module).items()
-        if not attr.startswith("_") and inspect.iscoroutinefunction(func) and _is_action(func)
+        if not attr.startswith("_")
+        and inspect.iscoroutinefunction(func)
+        and (hasattr(func, "action_name") or _is_action(func))  # @action, or the shape alone
     }
     if not actions:
         raise ModuleLoadError(
@@ -133,6 +140,8 @@ class LiveServer:
         self._requests = itertools.count(1)
 
     async def start(self) -> None:
+        if self.runtime is not None:
+            return
         self.runtime = Runtime(store=SQLiteStore(self.db))
         await self.runtime.start()
         self.channel = WebSocketChannel(
@@ -142,11 +151,13 @@ class LiveServer:
         self.port = self.channel.port
 
     async def stop(self) -> None:
-        if self.channel is not None:
-            await self.channel.stop()
-        if self.runtime is not None:
-            await self.runtime.stop()
-            self.runtime.store.close()
+        channel, self.channel = self.channel, None
+        runtime, self.runtime = self.runtime, None
+        if channel is not None:
+            await channel.stop()
+        if runtime is not None:
+            await runtime.stop()
+            runtime.store.close()
 
     async def __aenter__(self) -> LiveServer:
         await self.start()
@@ -230,6 +241,16 @@ async def serve_forever(module_path: str, *, db: str, host: str, port: int) -> i
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, stop.set)
+    try:
+        await server.start()
+    except OSError as exc:  # the port is taken, most often
+        await server.stop()
+        print(  # noqa: T201 - a CLI speaks
+            f"taskbed serve: cannot listen on {host}:{port}: {exc.strerror or exc}; "
+            "pick another port with --port N (0 picks a free one)",
+            file=sys.stderr,
+        )
+        return 2
     async with server:
         actions = ", ".join(sorted(server.actions))
         print(  # noqa: T201 - a CLI speaks

@@ -119,12 +119,22 @@ class SocketClient:
         await self._opened
 
     async def receive(self) -> Message:
-        """The next message that ``receive()`` has not returned yet."""
+        """The next message that ``receive()`` has not returned yet.
+
+        Before it waits, it lets everything the server already sent arrive (a ``sync()``
+        round trip, with virtual time held): a message in flight on the socket is received,
+        not overtaken by a virtual timeout around the wait.
+        """
+        synced = False
         while self._read >= len(self.messages):
             if self._reader is not None and self._reader.done():
                 raise ConnectionError(f"the socket is closed; {len(self.messages)} received")
-            self._arrived.clear()
             await self._opened
+            if not synced and not self.closed:
+                synced = True
+                await self.sync()
+                continue
+            self._arrived.clear()
             await self._arrived.wait()
         self._read += 1
         return self.messages[self._read - 1]

@@ -6,6 +6,8 @@ from ._channel import Connection as Connection
 from ._channel import ConnectionRegistry as ConnectionRegistry
 from ._context import RequestContext as RequestContext
 from ._context import current_request as current_request
+from ._context import current_sdk_var as current_sdk_var
+from ._effects import Effects as Effects
 from ._errors import InvalidCommandError as InvalidCommandError
 from ._errors import InvalidProgressError as InvalidProgressError
 from ._errors import InvalidSubmissionError as InvalidSubmissionError
@@ -20,6 +22,8 @@ from ._errors import TaskbedError as TaskbedError
 from ._errors import TokenRefusedError as TokenRefusedError
 from ._errors import UnknownTaskError as UnknownTaskError
 from ._errors import UnknownTaskNameError as UnknownTaskNameError
+from ._host import Host as Host
+from ._i18n import I18n as I18n
 from ._lifecycle import ACTIVE as ACTIVE
 from ._lifecycle import TERMINAL as TERMINAL
 from ._lifecycle import TRANSITIONS as TRANSITIONS
@@ -27,6 +31,9 @@ from ._lifecycle import TaskEvent as TaskEvent
 from ._lifecycle import TaskStatus as TaskStatus
 from ._lifecycle import transition as transition
 from ._manager import TaskManager as TaskManager
+from ._manager import Work as Work
+from ._media import Media as Media
+from ._media import MediaNotFoundError as MediaNotFoundError
 from ._memory_store import MemoryStore as MemoryStore
 from ._model import Owner as Owner
 from ._model import TaskRecord as TaskRecord
@@ -39,8 +46,11 @@ from ._ports import ProcessRunner as ProcessRunner
 from ._ports import TaskStore as TaskStore
 from ._ports import WallClock as WallClock
 from ._process import OSProcessRunner as OSProcessRunner
-from ._runtime import ModuleSDK as ModuleSDK
 from ._runtime import Runtime as Runtime
+from ._sdk import DEFAULT_NAMESPACES as DEFAULT_NAMESPACES
+from ._sdk import ModuleSDK as ModuleSDK
+from ._sdk import NamespaceFactory as NamespaceFactory
+from ._sdk import current_sdk as current_sdk
 from ._sqlite_store import SQLiteStore as SQLiteStore
 from ._tasks import Tasks as Tasks
 
@@ -48,12 +58,16 @@ __version__ = "0.1.0.dev0"
 
 __all__ = (
     "ACTIVE",
+    "DEFAULT_NAMESPACES",
     "TERMINAL",
     "TRANSITIONS",
     "ClientChannel",
     "Clock",
     "Connection",
     "ConnectionRegistry",
+    "Effects",
+    "Host",
+    "I18n",
     "InvalidCommandError",
     "InvalidProgressError",
     "InvalidSubmissionError",
@@ -62,9 +76,12 @@ __all__ = (
     "Lease",
     "LifecycleError",
     "ManagerNotInitializedError",
+    "Media",
+    "MediaNotFoundError",
     "MemoryStore",
     "MissingUserError",
     "ModuleSDK",
+    "NamespaceFactory",
     "NotSerializableError",
     "OSProcessRunner",
     "Owner",
@@ -86,7 +103,10 @@ __all__ = (
     "UnknownTaskError",
     "UnknownTaskNameError",
     "WallClock",
+    "Work",
     "current_request",
+    "current_sdk",
+    "current_sdk_var",
     "serialize",
     "transition",
     "ui",

@@ -39,3 +39,16 @@ def set_request(ctx: RequestContext | None) -> contextvars.Token[RequestContext 
 
 def reset_request(token: contextvars.Token[RequestContext | None]) -> None:
     _current.reset(token)
+
+
+# The SDK of the running code (typed loosely here: _sdk.py, which defines ModuleSDK, reads it
+# through current_sdk() with its real type; this module stays a leaf of the import graph).
+#: The context variable behind ``taskbed.current_sdk()`` (``.get()``, ``.set(sdk)``), as the
+#: platform's ``democrai.sdk.client.current_sdk`` is one.
+current_sdk_var: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "taskbed_current_sdk", default=None
+)
+
+
+def sdk_variable() -> contextvars.ContextVar[Any]:
+    return current_sdk_var

@@ -4,35 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from types import ModuleType, TracebackType
+from types import TracebackType
 from typing import Any
 
-from . import ui as _ui
 from ._channel import Connection, ConnectionRegistry
-from ._context import RequestContext, reset_request, set_request
+from ._context import RequestContext, current_sdk_var, reset_request, set_request
 from ._manager import TaskManager
 from ._memory_store import MemoryStore
 from ._model import serialize
 from ._ports import Clock, ProcessRunner, TaskStore, WallClock
 from ._process import OSProcessRunner
+from ._sdk import DEFAULT_NAMESPACES, ModuleSDK, NamespaceFactory, check_namespaces
 from ._tasks import Tasks, session_owner
 from ._threads import WorkerPool
-
-
-class ModuleSDK:
-    """What module code receives: ``.tasks``, ``.ui``, ``.session`` and ``.module_name``."""
-
-    ui: ModuleType = _ui
-
-    def __init__(self, runtime: Runtime, session: dict[str, Any], module: str) -> None:
-        self.session = session
-        self.module_name = module
-        self.tasks = runtime.tasks_class(runtime, session, module)
-
-    def __repr__(self) -> str:
-        return f"<ModuleSDK module={self.module_name!r}>"
 
 
 class Runtime:
@@ -49,6 +35,12 @@ class Runtime:
         max_workers: size of the worker-thread pool of ``run_blocking``.
         lease_seconds: how long this runtime's lease on a shared store lasts without a
             heartbeat; another runtime recovers its tasks after that.
+        namespaces: name -> factory called with every SDK this runtime builds (``factory(sdk)``);
+            adds a namespace or replaces ``ui``, ``i18n``, ``media`` or ``effects`` (e.g. by
+            the platform's own ``Effects`` class, which takes the SDK).
+        translations: the catalog of ``i18n.t``: language -> key -> text.
+        media: the blobs of ``media.view``: storage path -> bytes.
+        default_language: the language of ``i18n.t`` when the session names none.
     """
 
     #: The task manager class; the harness's runtime swaps in a subclass with test controls.
@@ -66,6 +58,10 @@ class Runtime:
         process_runner: ProcessRunner | None = None,
         max_workers: int | None = None,
         lease_seconds: float = 30.0,
+        namespaces: Mapping[str, NamespaceFactory] | None = None,
+        translations: Mapping[str, Mapping[str, str]] | None = None,
+        media: Mapping[str, bytes] | None = None,
+        default_language: str = "en",
     ) -> None:
         self.store: TaskStore = store if store is not None else MemoryStore()
         self.clock: Clock = clock if clock is not None else WallClock()
@@ -78,6 +74,17 @@ class Runtime:
         self.manager: TaskManager | None = None
         self._registered: dict[str, Callable[..., Any]] = {}
         self._modules: dict[str, list[dict[str, Any]]] = {}
+        self.namespaces: dict[str, NamespaceFactory] = {
+            **DEFAULT_NAMESPACES,
+            **check_namespaces(namespaces or {}),
+        }
+        self.translations: dict[str, dict[str, str]] = {
+            lang: dict(texts) for lang, texts in (translations or {}).items()
+        }
+        self.default_language = default_language
+        self.media_blobs: dict[str, bytes] = {k: bytes(v) for k, v in (media or {}).items()}
+        #: Called with ``(stream_id, data)`` for every ``effects.publish_*`` of any SDK.
+        self.stream_listeners: list[Callable[[str, Any], None]] = []
 
     # ------------------------------------------------------------ life
 
@@ -137,11 +144,19 @@ class Runtime:
             user_id = org_id = None
         key = session.get("session_key")
         ctx = RequestContext(request_id, user_id, org_id, module, None if key is None else str(key))
+        sdk = self.sdk_class(self, session, module)
         token = set_request(ctx)
+        sdk_token = current_sdk_var.set(sdk)
         try:
-            yield self.sdk_class(self, session, module)
+            yield sdk
         finally:
+            current_sdk_var.reset(sdk_token)
             reset_request(token)
+
+    def publish(self, stream_id: str, data: Any) -> None:
+        """Send *data* on a client stream: to every listener in ``stream_listeners``."""
+        for listener in list(self.stream_listeners):
+            listener(stream_id, data)
 
     def connect(self, user_id: Any, organization_id: Any = None) -> Connection:
         """Open a client connection for a user; messages kept while offline arrive at once."""

@@ -13,10 +13,10 @@ import locale
 import os
 import subprocess
 from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from . import ui
-from ._context import RequestContext, current_request
+from ._context import RequestContext, current_request, sdk_variable
 from ._errors import (
     InvalidCommandError,
     InvalidSubmissionError,
@@ -29,12 +29,10 @@ from ._errors import (
     UnknownTaskNameError,
     see,
 )
+from ._host import Host
 from ._manager import CoroutineWork, TaskManager, Work
 from ._model import DEFAULT_LABEL, Owner, check_json, clamp_progress, serialize
 from ._ports import ProcessResult
-
-if TYPE_CHECKING:
-    from ._runtime import Runtime
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -84,6 +82,12 @@ def session_owner(session: object) -> Owner:
     return Owner(user_id, org)
 
 
+def _with_sdk(sdk: Any, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    # In the worker's own copy of the context: current_sdk() is the SDK that called.
+    sdk_variable().set(sdk)
+    return func(*args, **kwargs)
+
+
 def _close(obj: object) -> None:
     if inspect.iscoroutine(obj):
         obj.close()
@@ -101,10 +105,14 @@ class Tasks:
     """``module_sdk.tasks``: background jobs, blocking calls, subprocesses, progress, queries.
 
     One instance is bound to a session and a module; ``Runtime.request()`` hands it out as
-    ``sdk.tasks``.
+    ``sdk.tasks``. Work it starts (a background task, a ``run_blocking`` call) runs with its
+    SDK as ``current_sdk()``.
     """
 
-    def __init__(self, runtime: Runtime, session: dict[str, Any], module: str) -> None:
+    #: The SDK this facade belongs to (set by ``ModuleSDK``); None for a bare facade.
+    sdk: Any = None
+
+    def __init__(self, runtime: Host, session: dict[str, Any], module: str) -> None:
         self._runtime = runtime
         self._session = session
         self._module = module
@@ -167,15 +175,22 @@ class Tasks:
             _close(coro_or_name)
             raise
         ctx = self._context()
-        return manager.submit(
-            work,
-            owner=owner,
-            module=self._module,
-            label=label,
-            task_key=task_key or None,
-            request=ctx,
-            session_key=self._session_key(),
-        )
+        # The task runs in a copy of this context, taken inside submit() (which never awaits):
+        # set for that call only, the task's current_sdk() is this SDK and the caller's is kept.
+        variable = sdk_variable()
+        token = variable.set(self.sdk if self.sdk is not None else variable.get())
+        try:
+            return manager.submit(
+                work,
+                owner=owner,
+                module=self._module,
+                label=label,
+                task_key=task_key or None,
+                request=ctx,
+                session_key=self._session_key(),
+            )
+        finally:
+            variable.reset(token)
 
     def _work(self, target: object, kwargs: dict[str, Any]) -> Work:
         if inspect.iscoroutine(target):
@@ -231,7 +246,9 @@ class Tasks:
                 "function and its arguments, run_blocking(func, arg) and not "
                 "run_blocking(func(arg)) " + see("blocking", "BLOCK-4")
             )
-        return await self._runtime.pool.run(func, *args, **kwargs)
+        if self.sdk is None or sdk_variable().get() is self.sdk:
+            return await self._runtime.pool.run(func, *args, **kwargs)
+        return await self._runtime.pool.run(_with_sdk, self.sdk, func, *args, **kwargs)
 
     # ------------------------------------------------------------ subprocesses
 
@@ -414,26 +431,20 @@ class Tasks:
             manager.emit_progress(task_id, value, label, checkpoint=checkpoint is not None)
 
     async def request_confirmation(
-        self, task_id: str, builder: ui.Builder | Sequence[ui.Component]
+        self, task_id: str, builder: ui.Builder | Sequence[ui.Component | dict[str, Any]]
     ) -> Any:
         """Ask the task's owner to confirm, and wait for their answer (CONF).
 
         The task is ``waiting_confirmation`` until the answer arrives, then ``running`` again.
+        *builder* is a ``ui.Builder`` (as on the platform) or a list of components.
 
         Raises:
             ValueError: no task has that id.
             RuntimeError: the task manager is not running.
+            TypeError: *builder* is neither a builder nor a list of components.
         """
         manager = self._require_manager()
-        if isinstance(builder, ui.Builder):
-            components = builder.build()
-        elif isinstance(builder, Sequence) and not isinstance(builder, str):
-            components = ui.Builder(*builder).build()
-        else:
-            raise TypeError(
-                f"expected a ui.Builder, got {builder!r}; build one with "
-                "ui.Builder().add(ui.Text('Proceed?')).add(ui.Button('Yes'))"
-            )
+        components = ui.serialize_components(builder)
         return await manager.request_confirmation(task_id, components)
 
     # ------------------------------------------------------------ queries

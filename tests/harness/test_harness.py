@@ -83,7 +83,8 @@ async def test_answer_a_confirmation_and_read_the_conversation(
 
         async def publish() -> Any:
             answer = await sdk.tasks.request_confirmation(
-                task_id, sdk.ui.Builder().add(sdk.ui.Text("Publish?")).add(sdk.ui.Button("Yes"))
+                task_id,
+                sdk.ui.Builder().add(sdk.ui.Text("q", "Publish?")).add(sdk.ui.Button("yes", "Yes")),
             )
             return {"answer": answer}
 
@@ -93,7 +94,11 @@ async def test_answer_a_confirmation_and_read_the_conversation(
     confirm = await taskbed_client.expect(
         "backgroundTaskConfirmation", taskId=task_id, surfaceId=f"task_confirm_{task_id}"
     )
-    assert confirm["components"][0] == {"type": "text", "text": "Publish?"}
+    assert confirm["components"][0] == {
+        "id": "q",
+        "component": {"Text": {"text": {"literalString": "Publish?"}}},
+        "children": {"explicitList": []},
+    }
     await taskbed_client.respond(task_id, "yes")
     await taskbed_client.expect("backgroundTaskCompleted", taskId=task_id, result={"answer": "yes"})
     await taskbed_client.expect_nothing(within=60)
