@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -177,3 +179,64 @@ async def test_an_action_starts_a_job_that_the_socket_follows_to_its_end(
     assert refusal["error"] == "action_failed"
     assert "no action 'nope'; this module has ['fail_fast', 'start_export']" in refusal["detail"]
     await client.aclose()
+
+
+# ---------------------------------------------------------------- a real crash
+
+
+async def _start_serve(db: Path, log: Path) -> tuple[asyncio.subprocess.Process, str]:
+    with log.open("a") as stderr:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "taskbed_harness._cli", "serve", str(EXAMPLE),
+            "--db", str(db), "--port", "0",
+            stdout=asyncio.subprocess.PIPE, stderr=stderr,
+        )  # fmt: skip
+    assert proc.stdout is not None
+    async with asyncio.timeout(30):
+        banner = (await proc.stdout.readline() + await proc.stdout.readline()).decode()
+    found = re.search(r"open (http://127\.0\.0\.1:\d+)/", banner)
+    assert found, f"{banner!r}: {log.read_text()}"
+    return proc, found[1]
+
+
+async def _socket_of(base: str, user: int, org: int) -> SocketClient:
+    _, _, body = await get(f"{base}/api/token?user={user}&org={org}")
+    client = SocketClient(base.replace("http", "ws", 1) + json.loads(body)["ws"])
+    await client.opened()
+    return client
+
+
+@pytest.mark.slow
+@pytest.mark.rule("REC-3")
+@pytest.mark.asyncio
+async def test_a_killed_server_tells_the_owner_on_their_next_socket_once(tmp_path: Path) -> None:
+    db, log = tmp_path / "tasks.db", tmp_path / "serve.stderr"
+    proc, base = await _start_serve(db, log)
+    try:
+        client = await _socket_of(base, 7, 10)
+        ctx = {"steps": 1000, "delay": 0.05}
+        await client.send_raw(json.dumps({"userAction": {"name": "start_export", "context": ctx}}))
+        task_id = (await _next(client, "actionResult"))["result"]["taskId"]
+        await _next(client, "backgroundTaskProgress")
+        await client.aclose()
+    finally:
+        proc.kill()  # SIGKILL: no clean stop, the task is left running in the file
+        await proc.wait()
+    proc, base = await _start_serve(db, log)  # recovery interrupts it; the owner is offline
+    try:
+        again = await _socket_of(base, 7, 10)
+        error = (await _next(again, "backgroundTaskError"))["backgroundTaskError"]
+        assert error["taskId"] == task_id
+        assert "restart" in error["error"]
+        await again.send({"backgroundTaskGet": {"taskId": task_id}})  # the row agrees
+        assert again.messages[-1]["backgroundTaskError"]["taskId"] == task_id
+        await again.aclose()
+        once_more = await _socket_of(base, 7, 10)
+        await once_more.sync()
+        assert once_more.messages == []  # delivered once
+        await once_more.aclose()
+    finally:
+        proc.terminate()
+        assert await proc.wait() == 0
+        if proc.stdout is not None:
+            await proc.stdout.read()
