@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -45,33 +46,67 @@ else:
 expect = sync_api.expect
 
 
+class Serve:
+    """``taskbed serve docs/examples/live_export.py`` in its own process, on a SQLite file."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.db = tmp_path / "tasks.db"
+        self.errors = tmp_path / "serve.stderr"
+        self.cwd = tmp_path
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, port: int = 0) -> str:
+        """Start it; the page's URL."""
+        with self.errors.open("a") as stderr:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "taskbed_harness._cli", "serve", str(MODULE),
+                 "--db", str(self.db), "--port", str(port)],
+                stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=self.cwd,
+            )  # fmt: skip
+        assert self.proc.stdout is not None
+        banner = self.proc.stdout.readline() + self.proc.stdout.readline()
+        found = re.search(r"open (http://127\.0\.0\.1:\d+/)", banner)
+        if not found:
+            self.kill()
+            raise AssertionError(f"no URL in {banner!r}; stderr: {self.errors.read_text()}")
+        return found[1]
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: nothing is cleaned up."""
+        if self.proc is not None:
+            self.proc.kill()
+            self._reap()
+
+    def stop(self) -> int:
+        """SIGTERM, as Ctrl-C: the exit status."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=20)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self._reap()
+        return code
+
+    def _reap(self) -> None:
+        assert self.proc is not None
+        self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.proc = None
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
     """``taskbed serve docs/examples/live_export.py`` on a free port; its page's URL."""
-    errors = tmp_path / "serve.stderr"
-    with errors.open("w") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "taskbed_harness._cli", "serve", str(MODULE),
-             "--db", str(tmp_path / "tasks.db"), "--port", "0"],
-            stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=tmp_path,
-        )  # fmt: skip
+    serve = Serve(tmp_path)
+    url = serve.start()
     try:
-        assert proc.stdout is not None
-        banner = proc.stdout.readline() + proc.stdout.readline()
-        found = re.search(r"open (http://127\.0\.0\.1:\d+/)", banner)
-        assert found, f"no URL in the banner: {banner!r}; stderr: {errors.read_text()}"
-        yield found[1]
+        yield url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=20)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
-    assert code == 0, f"taskbed serve exited {code}; stderr: {errors.read_text()}"
+        code = serve.stop()
+    assert code == 0, f"taskbed serve exited {code}; stderr: {serve.errors.read_text()}"
 
 
 @pytest.fixture
@@ -175,3 +210,36 @@ def test_cancel_and_failure_show_on_the_cards(server: str, browser: object) -> N
     page.fill("#ctx", "{not json")
     page.click("#call")
     expect(page.locator("#result")).to_contain_text("ctx is not JSON")
+
+
+@pytest.mark.slow
+@pytest.mark.rule("REC-3")
+def test_the_page_comes_back_after_a_crash_and_shows_what_happened(
+    tmp_path: Path, browser: object
+) -> None:
+    with socket.socket() as probe:  # a free port, to restart the server on the same one
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    serve = Serve(tmp_path)
+    url = serve.start(port)
+    try:
+        page = browser.new_page()  # type: ignore[attr-defined]
+        _connect(page, url, "7", "10")
+        page.select_option("#action", "start_export")
+        page.fill("#ctx", '{"steps": 500, "delay": 0.1}')
+        page.click("#call")
+        card = page.locator(".card").first
+        expect(card.locator(".status")).to_have_text("running")
+        serve.kill()
+        expect(page.locator("#status")).to_have_text(re.compile("offline"))
+        serve.start(port)  # recovery interrupts the task; the page reconnects by itself
+        expect(page.locator("#status")).to_have_text(
+            re.compile("connected as user 7"), timeout=15_000
+        )
+        card = page.locator(".card").first
+        expect(card.locator(".status")).to_have_text("interrupted")
+        expect(card.locator(".outcome")).to_contain_text("restart")
+        expect(page.locator(".card")).to_have_count(1)  # the queued error and the row: one card
+    finally:
+        if serve.proc is not None:
+            assert serve.stop() == 0
