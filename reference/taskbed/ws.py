@@ -234,6 +234,7 @@ class WebSocketChannel:
             weakref.WeakKeyDictionary()
         )
         self._prepared: dict[str, SocketConnection] = {}  # token -> registered connection
+        self._expiries: dict[str, asyncio.TimerHandle] = {}  # token -> its prepared expiry
         self._sockets: set[SocketConnection] = set()
 
     # ------------------------------------------------------------ life
@@ -260,6 +261,9 @@ class WebSocketChannel:
         for conn in list(self._prepared.values()):
             conn.close()
         self._prepared.clear()
+        for handle in self._expiries.values():
+            handle.cancel()
+        self._expiries.clear()
         if server is not None:
             server.close()
             await server.wait_closed()
@@ -309,10 +313,11 @@ class WebSocketChannel:
         self._sockets.add(conn)
 
         def expire() -> None:
+            self._expiries.pop(token, None)
             if self._prepared.pop(token, None) is conn:
                 conn.close()
 
-        asyncio.get_running_loop().call_later(self.signer.ttl, expire)
+        self._expiries[token] = asyncio.get_running_loop().call_later(self.signer.ttl, expire)
         return token, conn
 
     # ------------------------------------------------------------ handshake
@@ -347,6 +352,9 @@ class WebSocketChannel:
         except TokenRefusedError as exc:
             return self._refuse(connection, http.HTTPStatus.UNAUTHORIZED, str(exc))
         prepared = self._prepared.pop(tokens[0], None)
+        expiry = self._expiries.pop(tokens[0], None)
+        if expiry is not None:
+            expiry.cancel()
         if prepared is not None:
             if prepared.closed:  # closed (or expired) before its socket came
                 return self._refuse(
