@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from taskbed_harness import HarnessRuntime
 
 sys.path.insert(0, str(Path(__file__).parent))  # so tests can `from rules import RULES`
 
+import pgcluster
 
 Request = Callable[..., AbstractAsyncContextManager[ModuleSDK]]
 """The type of the ``request_as`` fixture."""
@@ -75,3 +77,31 @@ def request_as(
         )
 
     return open_request
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """The DSN of a PostgreSQL server for this test session (see tests/pgcluster.py).
+
+    A throwaway cluster unless ``TASKBED_POSTGRES_DSN`` names a server. Without PostgreSQL
+    the tests that need it are skipped, except where ``TASKBED_REQUIRE_POSTGRES=1`` (CI)
+    makes that an error.
+    """
+    try:
+        context = pgcluster.server()
+        dsn = context.__enter__()
+    except LookupError as exc:
+        if os.environ.get("TASKBED_REQUIRE_POSTGRES") == "1":
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    try:
+        yield dsn
+    finally:
+        context.__exit__(None, None, None)
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: str) -> Iterator[str]:
+    """A DSN whose search_path is a new empty schema, dropped after the test."""
+    with pgcluster.fresh_schema(postgres_server) as dsn:
+        yield dsn

@@ -13,8 +13,10 @@ from collections import Counter
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
+import psycopg
 import pytest
 
+from taskbed_harness._adapters import PROTOCOL_MEMBERS
 from taskbed_harness._cli import main
 from taskbed_harness._spec import load_rules
 
@@ -289,3 +291,51 @@ def test_a_factory_that_returns_no_adapter_is_a_clear_error(
     assert "'request'" in message
     assert "docs/guides/conformance.md" in message  # where to read about it
     assert capsys.readouterr().out == ""
+
+
+# ---------------------------------------------------------------- on PostgreSQL
+
+
+@pytest.mark.slow
+def test_the_whole_spec_passes_on_postgres(
+    capsys: pytest.CaptureFixture[str], postgres_server: str
+) -> None:
+    code, out, _ = run(capsys, "--postgres", postgres_server, "--format", "json")
+    report = json.loads(out)
+    outcomes = Counter(r["outcome"] for r in report["results"])
+    assert code == 0, [r for r in report["results"] if r["outcome"] != "pass"]
+    assert outcomes == {"pass": len(RULES)}
+    with psycopg.connect(postgres_server) as check:  # every instance dropped its schema
+        left = check.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'taskbed_conform_%'"
+        ).fetchall()
+    assert left == []
+
+
+def test_fake_on_postgres_passes_the_dedup_rules(
+    capsys: pytest.CaptureFixture[str], postgres_server: str
+) -> None:
+    code, out, _ = run(
+        capsys, "--impl", "taskbed_harness:fake_implementation", "--postgres", postgres_server,
+        "--rules", "DEDUP-*", "--format", "json",
+    )  # fmt: skip
+    report = json.loads(out)
+    assert code == 0
+    assert {r["outcome"] for r in report["results"]} == {"pass"}
+    assert len(report["results"]) == len(ids_of("DEDUP"))
+
+
+#: An adapter that is not the reference's: it brings its own store.
+Foreign = type("Foreign", (), dict.fromkeys(PROTOCOL_MEMBERS, lambda *a, **k: None))
+
+
+def test_postgres_refuses_a_foreign_implementation(
+    capsys: pytest.CaptureFixture[str], postgres_server: str
+) -> None:
+    with pytest.raises(SystemExit, match="built-in adapters"):
+        run(capsys, "--impl", "test_conform_cli:Foreign", "--postgres", postgres_server)
+
+
+def test_postgres_that_cannot_be_reached_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit, match="cannot connect to --postgres"):
+        run(capsys, "--postgres", "host=/nonexistent port=1 connect_timeout=1")

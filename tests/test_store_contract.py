@@ -19,8 +19,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import psycopg
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from taskbed import (
@@ -29,6 +30,7 @@ from taskbed import (
     Lease,
     MemoryStore,
     Owner,
+    PostgresStore,
     SQLiteStore,
     TaskRecord,
     TaskStatus,
@@ -43,12 +45,14 @@ with warnings.catch_warnings():
     with contextlib.suppress(ImportError):
         import hypothesis.extra._patching  # noqa: F401
 
-STORES = ["memory", "sqlite-memory", "sqlite-file"]
+STORES = ["memory", "sqlite-memory", "sqlite-file", "postgres"]
 ACTIVE_STATUSES = sorted(s.value for s in ACTIVE)
 TERMINAL_STATUSES = sorted(s.value for s in TERMINAL)
 
 
-def open_store(kind: str, tmp_path: Path) -> TaskStore:
+def open_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> TaskStore:
+    if kind == "postgres":
+        return PostgresStore(request.getfixturevalue("postgres_dsn"))
     if kind == "memory":
         return MemoryStore()
     if kind == "sqlite-memory":
@@ -58,7 +62,7 @@ def open_store(kind: str, tmp_path: Path) -> TaskStore:
 
 @pytest.fixture(params=STORES)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TaskStore]:
-    opened = open_store(request.param, tmp_path)
+    opened = open_store(request.param, tmp_path, request)
     yield opened
     opened.close()
 
@@ -118,8 +122,8 @@ def ids(rows: list[TaskRecord]) -> list[str]:
 
 
 def test_shared_flag(store: TaskStore, request: pytest.FixtureRequest) -> None:
-    """Only a file store can be opened by other processes."""
-    assert store.shared is (request.node.callspec.params["store"] == "sqlite-file")
+    """Only a file store and a database server can be opened by other processes."""
+    assert store.shared is (request.node.callspec.params["store"] in {"sqlite-file", "postgres"})
     assert isinstance(store, TaskStore)
 
 
@@ -790,3 +794,26 @@ def test_sqlite_file_opened_by_many_connections_at_once(tmp_path: Path) -> None:
         for t in threads:
             t.join()
         assert errors == []
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(ops=st.lists(OPS, min_size=5, max_size=40))
+def test_memory_and_postgres_stores_agree(ops: list[tuple[Any, ...]], postgres_dsn: str) -> None:
+    """The same model equivalence against PostgreSQL (one schema, emptied per example)."""
+    stores: list[TaskStore] = [MemoryStore(), PostgresStore(postgres_dsn)]
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(run_both(ops, stores))
+    finally:
+        loop.close()
+        for store in stores:
+            store.close()
+        with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+            admin.execute(
+                "TRUNCATE taskbed_tasks, taskbed_outbox, taskbed_leases, taskbed_presence"
+            )

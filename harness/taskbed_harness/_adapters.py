@@ -15,11 +15,12 @@ import contextlib
 import logging
 import os
 import tempfile
+import uuid
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
 
-from taskbed import Runtime, SQLiteStore
+from taskbed import PostgresStore, Runtime, SQLiteStore, TaskStore
 
 from ._client import ClientConnection
 from ._fake import HarnessRuntime
@@ -127,6 +128,11 @@ class ReferenceImplementation:
     Each started instance owns a SQLite file in a temporary directory, so restart and recovery
     are real; timestamps follow the loop's virtual clock when there is one. Creating an
     instance costs nothing; ``start()`` makes the file and the runtime.
+
+    Args:
+        postgres: a PostgreSQL DSN: each started instance then owns a new schema on that
+            server (dropped at ``stop()``) and its runtimes use ``PostgresStore``
+            (``taskbed conform --postgres DSN``).
     """
 
     name = "reference"
@@ -137,7 +143,9 @@ class ReferenceImplementation:
     #: The store each runtime opens on the instance's file (a seam for broken stores in tests).
     store_class: type[SQLiteStore] = SQLiteStore
 
-    def __init__(self) -> None:
+    def __init__(self, *, postgres: str | None = None) -> None:
+        self.postgres = postgres
+        self._schema: str | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._registered: dict[str, Callable[..., Any]] = {}
         self._modules: dict[str, list[dict[str, Any]]] = {}
@@ -150,13 +158,20 @@ class ReferenceImplementation:
             raise RuntimeError("the implementation is not started; await start() first")
         return self._runtime
 
-    def _new_runtime(self) -> Runtime:
+    def _new_store(self) -> TaskStore:
+        if self.postgres is not None:
+            if self._schema is None:
+                self._schema = _create_schema(self.postgres)
+            return PostgresStore(f"{self.postgres} options=-csearch_path={self._schema}")
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="taskbed-conform-")
+        return self.store_class(os.path.join(self._dir.name, "tasks.db"))
+
+    def _new_runtime(self) -> Runtime:
         clock = None
         with contextlib.suppress(RuntimeError):  # on a virtual loop, timestamps are virtual
             clock = getattr(asyncio.get_running_loop(), "clock", None)
-        store = self.store_class(os.path.join(self._dir.name, "tasks.db"))
+        store = self._new_store()
         runtime = self.runtime_class(store=store, clock=clock)
         for name, func in self._registered.items():
             runtime.register_task(name, func)
@@ -178,6 +193,9 @@ class ReferenceImplementation:
         if self._dir is not None:
             self._dir.cleanup()
             self._dir = None
+        if self._schema is not None and self.postgres is not None:
+            _drop_schema(self.postgres, self._schema)
+            self._schema = None
 
     def request(
         self, *, session: dict[str, Any], module: str, request_id: str | None
@@ -237,6 +255,7 @@ async def _discard(runtime: Runtime) -> None:
     logger.disabled = True  # its writes fail against the closed store; that is the point
     try:
         runtime.channel.handler = None
+        await runtime.channel.stop()  # a frozen host hears nothing more from the others
         manager = runtime.manager
         if manager is not None:
             for local in list(manager._local.values()):
@@ -247,6 +266,23 @@ async def _discard(runtime: Runtime) -> None:
         runtime.pool.shutdown()
     finally:
         logger.disabled = previous
+
+
+def _create_schema(dsn: str) -> str:
+    """A new schema on the server at *dsn*, for one conformance instance."""
+    import psycopg  # noqa: PLC0415 - only conformance runs on PostgreSQL need it
+
+    name = f"taskbed_conform_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {name}")
+    return name
+
+
+def _drop_schema(dsn: str, name: str) -> None:
+    import psycopg  # noqa: PLC0415 - only conformance runs on PostgreSQL need it
+
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
 
 
 def reference() -> Implementation:

@@ -103,6 +103,33 @@ def _load_factory(spec: str) -> Callable[[], Any]:
     return factory  # type: ignore[no-any-return]
 
 
+def _on_postgres(factory: Callable[[], Any], spec: str, dsn: str) -> Callable[[], Any]:
+    """The built-in adapter *factory* makes, on PostgreSQL at *dsn*."""
+    import functools
+
+    from ._adapters import ReferenceImplementation
+
+    sample = factory()
+    if not isinstance(sample, ReferenceImplementation):
+        raise SystemExit(
+            f"taskbed conform: --postgres runs the built-in adapters on PostgreSQL; {spec} is "
+            "another implementation (give it its own store instead; see "
+            "docs/guides/postgres.md)"
+        )
+    try:
+        import psycopg
+    except ImportError:
+        raise SystemExit(
+            "taskbed conform: --postgres needs psycopg 3: "
+            "python -m pip install '<path to taskbed>[postgres]'"
+        ) from None
+    try:
+        psycopg.connect(dsn, connect_timeout=10).close()
+    except psycopg.Error as exc:
+        raise SystemExit(f"taskbed conform: cannot connect to --postgres {dsn!r}: {exc}") from None
+    return functools.partial(type(sample), postgres=dsn)
+
+
 def _missing_harness_extra() -> list[str]:
     import importlib.util
 
@@ -138,6 +165,8 @@ def _conform(args: argparse.Namespace) -> int:
         print(f"wrote {len(rules)} rules to {args.index}")
         return 0
     factory = _load_factory(args.impl)
+    if args.postgres:
+        factory = _on_postgres(factory, args.impl, args.postgres)
     name = str(getattr(factory(), "name", args.impl))
     results = _run_with_progress(rules, factory, name)
     text = RENDERERS[args.format](results, name)
@@ -218,6 +247,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     conform.add_argument(
         "--format", choices=("table", "json", "junit", "markdown"), default="table"
+    )
+    conform.add_argument(
+        "--postgres",
+        metavar="DSN",
+        help="run the reference (or the fake) on PostgreSQL at DSN: each rule gets a new "
+        "schema there, dropped afterwards (needs the postgres extra)",
     )
     conform.add_argument("--output", "-o", metavar="FILE", help="write the report to FILE")
     conform.add_argument("--specs", metavar="DIR", help="read spec pages from DIR")

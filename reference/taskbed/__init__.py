@@ -38,6 +38,7 @@ from ._memory_store import MemoryStore as MemoryStore
 from ._model import Owner as Owner
 from ._model import TaskRecord as TaskRecord
 from ._model import serialize as serialize
+from ._ports import Broadcaster as Broadcaster
 from ._ports import ClientChannel as ClientChannel
 from ._ports import Clock as Clock
 from ._ports import Lease as Lease
@@ -45,6 +46,7 @@ from ._ports import ProcessResult as ProcessResult
 from ._ports import ProcessRunner as ProcessRunner
 from ._ports import TaskStore as TaskStore
 from ._ports import WallClock as WallClock
+from ._postgres_store import PostgresStore as PostgresStore
 from ._process import OSProcessRunner as OSProcessRunner
 from ._runtime import Runtime as Runtime
 from ._sdk import DEFAULT_NAMESPACES as DEFAULT_NAMESPACES
@@ -61,6 +63,7 @@ __all__ = (
     "DEFAULT_NAMESPACES",
     "TERMINAL",
     "TRANSITIONS",
+    "Broadcaster",
     "ClientChannel",
     "Clock",
     "Connection",
@@ -85,6 +88,7 @@ __all__ = (
     "NotSerializableError",
     "OSProcessRunner",
     "Owner",
+    "PostgresStore",
     "ProcessResult",
     "ProcessRunner",
     "RequestContext",

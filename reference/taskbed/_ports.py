@@ -10,8 +10,8 @@ needs a shortcut is a sign that a port grew too big.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
-from typing import NamedTuple, Protocol, runtime_checkable
+from collections.abc import Callable, Collection
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from ._model import Message, Owner, TaskRecord
 
@@ -99,6 +99,56 @@ class TaskStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class Listening(Protocol):
+    """A running subscription to other hosts' messages (see :class:`Broadcaster`)."""
+
+    async def stop(self) -> None: ...
+
+
+@runtime_checkable
+class Broadcaster(Protocol):
+    """What a store adds when the owners' connections may be on other hosts (PostgreSQL).
+
+    The client channel then hands every message to the store as well: the store sends it to
+    the hosts where the owner is connected, and decides, in the transaction that writes the
+    state change, whether a durable message must be kept because the owner is connected
+    nowhere. A store without these methods (memory, SQLite) serves one host's connections.
+    """
+
+    def broadcast(self, owner: Owner, message: Message, *, durable: bool, delivered: bool) -> None:
+        """Send *message* to the owner's connections elsewhere, with the next write.
+
+        *delivered*: a connection on this host has it already (else a durable message for
+        an owner connected nowhere is kept for them).
+        """
+        ...
+
+    def forward(self, owner: Owner, command: str, body: dict[str, Any]) -> None:
+        """Send a client command to the other hosts (the one running the task acts on it)."""
+        ...
+
+    def connected_elsewhere(self, owner: Owner) -> bool:
+        """Has *owner* a connection on another host (as far as this host has heard)?"""
+        ...
+
+    def join(self, owner: Owner) -> list[Message]:
+        """The owner's first connection on this host opened: note it, drain what was kept."""
+        ...
+
+    def leave(self, owner: Owner) -> None:
+        """The owner's last connection on this host closed."""
+        ...
+
+    async def listen(
+        self,
+        deliver: Callable[[Owner, Message, bool], None],
+        command: Callable[[Owner, str, dict[str, Any]], None] | None = None,
+    ) -> Listening:
+        """Call ``deliver(owner, message, durable)`` for each message other hosts send,
+        and ``command(owner, name, body)`` for each client command they forward."""
+        ...
 
 
 @runtime_checkable

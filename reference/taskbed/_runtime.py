@@ -96,7 +96,12 @@ class Runtime:
             store=self.store, clock=self.clock, channel=self.channel,
             lease_seconds=self.lease_seconds,
         )  # fmt: skip
-        await manager.start()
+        await self.channel.start()  # listen first: no message of another host is missed
+        try:
+            await manager.start()
+        except BaseException:
+            await self.channel.stop()
+            raise
         self.manager = manager
         self.channel.handler = manager.handle_client_message
 
@@ -106,6 +111,7 @@ class Runtime:
         self.channel.handler = None
         if manager is not None:
             await manager.stop()
+            await self.channel.stop()
         self.pool.shutdown()
 
     async def __aenter__(self) -> Runtime:
