@@ -43,8 +43,8 @@ class ReferenceWebSocketImplementation(ReferenceImplementation):
     #: The server class (a seam for deliberately broken channels in the suite's own tests).
     channel_class: type[WebSocketChannel] = WebSocketChannel
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *, postgres: str | None = None) -> None:
+        super().__init__(postgres=postgres)
         self._server: WebSocketChannel | None = None
         self._clients: list[SocketClient] = []
 
