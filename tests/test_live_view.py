@@ -144,14 +144,14 @@ def test_a_job_runs_live_in_the_browser_and_only_its_owner_sees_it(
     _connect(stranger, server, "8", "10")
     expect(owner.locator("#module")).to_have_text("module live_export")
     owner.select_option("#action", "start_export")
-    owner.fill("#ctx", '{"steps": 8, "delay": 0.25, "rows": 1200}')
+    owner.fill("#ctx", '{"steps": 8, "delay": 0.4, "rows": 1200}')
     owner.click("#call")
 
     card = owner.locator(".card").first
     expect(card.locator(".status")).to_have_text("running")
     bar = card.locator("progress")
     seen: list[float] = []
-    for _ in range(400):  # bounded: 8 steps of 0.25 s take ~2 s
+    for _ in range(600):  # bounded: 8 steps of 0.4 s take ~3 s
         value = float(bar.get_attribute("value") or 0)
         if not seen or value != seen[-1]:
             seen.append(value)
