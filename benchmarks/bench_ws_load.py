@@ -11,6 +11,12 @@ different owners). Per round, the server submits one task per user; each task re
 exactly its own task's messages (started, every progress value in order, completed), nothing
 of anyone else's.
 
+Meanwhile ``--bad`` more sockets (50) misbehave: malformed frames, unknown messages, commands
+for tasks that are not theirs, and at the end a frame over the size limit; and ten good
+sockets' tokens are tried a second time. Each malformed frame must get its refusal, the
+strangers' commands nothing, the huge frame a close (1009), the replays HTTP 401; and the
+good sockets' streams must be as exact as without them.
+
 Baseline, in the same run: the same tasks with the same owners connected in process
 (``Runtime.connect``), no socket. Reported: wall time per round against the baseline, messages
 per second, and the server's resident memory (RSS) before the sockets, with them open, and
@@ -27,10 +33,12 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from typing import Any
 
 from _common import Targets, header, parser
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from taskbed import MemoryStore, Runtime
 from taskbed.ws import WebSocketChannel
@@ -81,14 +89,49 @@ async def run_round(rt: Runtime, people: list[tuple[int, int]], steps: int) -> l
 # ---------------------------------------------------------------- the client process
 
 
-async def clients(urls: list[str], rounds: int, steps: int) -> None:
+async def misbehave(url: str, done: asyncio.Event) -> dict[str, int]:
+    """One bad client, while the good ones stream: garbage, strangers' ids, then a huge frame."""
+    answers = {"refusals": 0, "other": 0, "closed_1009": 0}
+    async with connect(url, ping_interval=None, compression=None, max_size=None) as socket:
+        frames = [
+            "{not json", "[1, 2]", '{"backgroundTaskDelete": {"taskId": "x"}}',
+            json.dumps({"backgroundTaskCancel": {"taskId": str(uuid.uuid4())}}),
+            json.dumps({"backgroundTaskGet": {"taskId": str(uuid.uuid4())}}),
+        ]  # fmt: skip
+        while not done.is_set():
+            for frame in frames:
+                await socket.send(frame)
+            for _ in range(3):  # the three malformed frames are answered; the rest are ignored
+                message = json.loads(await socket.recv())
+                answers["refusals" if message.get("type") == "error" else "other"] += 1
+            await asyncio.sleep(0.05)
+        await socket.send("x" * (2**20))  # over the server's limit: this socket is closed
+        try:
+            async with asyncio.timeout(DEADLINE):
+                while True:
+                    await socket.recv()
+        except ConnectionClosed as closed:
+            answers["closed_1009"] += closed.rcvd is not None and closed.rcvd.code == 1009
+    return answers
+
+
+async def clients(urls: list[str], bad: list[str], rounds: int, steps: int) -> None:
     per_round = steps + 2
     # one at a time: the listen backlog is not the thing measured here
     sockets = [
         await connect(url, ping_interval=None, compression=None, max_size=None) for url in urls
     ]
+    replayed = 0  # each token opened its socket already: a second use is refused
+    for url in urls[:10]:
+        try:
+            async with connect(url, ping_interval=None):
+                pass
+        except InvalidStatus as refused:
+            replayed += refused.response.status_code == 401
     print("ready", flush=True)
     report: list[dict[str, Any]] = []
+    done = asyncio.Event()
+    bad_clients = [asyncio.create_task(misbehave(url, done)) for url in bad]
 
     async def follow(index: int, socket: Any) -> None:
         got: list[Any] = []
@@ -98,10 +141,14 @@ async def clients(urls: list[str], rounds: int, steps: int) -> None:
         report.append({"index": index, "messages": got})
 
     await asyncio.gather(*(follow(i, s) for i, s in enumerate(sockets)))
+    done.set()
+    bad_answers = await asyncio.gather(*bad_clients)
     for socket in sockets:
         await socket.close()
     report.sort(key=lambda r: r["index"])
-    sys.stdout.write(json.dumps(report) + "\n")
+    totals = {k: sum(a[k] for a in bad_answers) for k in ("refusals", "other", "closed_1009")}
+    summary = {"report": report, "bad": totals, "replayed_refused": replayed}
+    sys.stdout.write(json.dumps(summary) + "\n")
     sys.stdout.flush()
 
 
@@ -136,13 +183,15 @@ async def main() -> None:
     p.add_argument("--sockets", type=int, default=1000)
     p.add_argument("--steps", type=int, default=20, help="progress updates per task")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--bad", type=int, default=50, help="misbehaving sockets meanwhile")
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.client:
-        urls = json.loads(sys.stdin.readline())
-        await clients(urls, args.rounds, args.steps)
+        given = json.loads(sys.stdin.readline())
+        await clients(given["urls"], given["bad"], args.rounds, args.steps)
         return
     sockets, steps, rounds = (100, 10, 2) if args.quick else (args.sockets, args.steps, args.rounds)
+    bad_count = 5 if args.quick else args.bad
     header(f"bench_ws_load: {sockets:,} sockets x {rounds} rounds of one task each, {steps} steps")
     people = owners(sockets)
     targets = Targets()
@@ -164,18 +213,19 @@ async def main() -> None:
     ):
         before = rss()
         urls = [channel.ws_url(channel.issue_token(user, org)) for user, org in people]
+        bad = [channel.ws_url(channel.issue_token(f"bad-{n}", ORGS[0])) for n in range(bad_count)]
         child = await asyncio.create_subprocess_exec(
             sys.executable, __file__, "--client", "--rounds", str(rounds), "--steps", str(steps),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, limit=2**30,
         )  # fmt: skip
         assert child.stdin is not None
         assert child.stdout is not None
-        child.stdin.write((json.dumps(urls) + "\n").encode())
+        child.stdin.write((json.dumps({"urls": urls, "bad": bad}) + "\n").encode())
         await child.stdin.drain()
         child.stdin.close()
         async with asyncio.timeout(DEADLINE):
             assert (await child.stdout.readline()).strip() == b"ready"
-            while len(channel.connections) < sockets:
+            while len(channel.connections) < sockets + bad_count:
                 await asyncio.sleep(0.01)
         connected = rss()
         times, after = [], []
@@ -186,9 +236,11 @@ async def main() -> None:
             times.append(time.perf_counter() - start)
             after.append(rss())
         async with asyncio.timeout(DEADLINE):
-            report = json.loads(await child.stdout.readline())
+            summary = json.loads(await child.stdout.readline())
+            report = summary["report"]
             await child.wait()
         dropped = sum(c.dropped for c in channel.connections)
+        refused = channel.refusals
 
     lost, wrong = check(report, ids_per_round, steps)
     messages = sockets * (steps + 2)
@@ -203,6 +255,23 @@ async def main() -> None:
     )
     targets.check("messages lost or out of order (task streams)", str(lost), "0", lost == 0)
     targets.check("messages misdelivered", str(wrong), "0", wrong == 0)
+    bad_totals = summary["bad"]
+    print(
+        f"{bad_count} misbehaving sockets meanwhile: {bad_totals['refusals']:,} refusals, "
+        f"{bad_totals['other']} other answers, {bad_totals['closed_1009']} closed by a huge "
+        f"frame; replayed tokens refused: {summary['replayed_refused']} of 10; handshakes "
+        f"refused by the server: {refused}"
+    )
+    targets.check(
+        "bad frames each refused, huge frames closed, replays refused",
+        f"{bad_totals['other']} other answers, {bad_totals['closed_1009']}/{bad_count} closed, "
+        f"{summary['replayed_refused']}/10 replays refused",
+        "0 other, all closed, 10/10",
+        bad_totals["other"] == 0
+        and bad_totals["closed_1009"] == bad_count
+        and summary["replayed_refused"] == 10
+        and bad_totals["refusals"] > 0,
+    )
     growth = after[-1] - after[0]
     targets.check(
         "RSS growth from the first to the last round", mib(growth), "< 8 MiB", growth < 8 * 2**20
