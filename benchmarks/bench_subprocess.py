@@ -10,7 +10,7 @@
    * ``asyncio.create_subprocess_exec("true")`` with captured output, for reference;
    * ``loop.run_in_executor(pool, subprocess.run, ["true"], capture_output=True)``: the floor
      of any design that waits in a worker thread (what run_subprocess does), for reference.
-   Target: run_subprocess <= 1.3x subprocess.run.
+   Target: run_subprocess <= 1.2x subprocess.run.
 2. Concurrency: 32 ``run_subprocess(["sleep", "0.2"])`` at once under a 1 ms lag probe,
    repeated (``--batches``, default 5) so the p99 rests on ~1,000 ticks.
    Targets: every batch done in < 1.5 s (the slowest is reported), loop lag p99 < 10 ms.
@@ -128,7 +128,7 @@ async def main() -> None:
     targets = Targets()
     targets.check(
         'run_subprocess(["true"]) per call vs subprocess.run(["true"])', f"{ratio:.2f}x",
-        "<= 1.3x", ratio <= 1.3,
+        "<= 1.2x", ratio <= 1.2,
     )  # fmt: skip
     targets.check(f"{args.concurrent} concurrent sleep 0.2, wall time", f"{wall:.3f} s", "< 1.5 s",
                   wall < 1.5)  # fmt: skip

@@ -107,7 +107,7 @@ def test_json_report_of_the_whole_suite(capsys: pytest.CaptureFixture[str]) -> N
     assert report["totals"]["SHOULD"] == {
         "pass": IN_PROCESS["SHOULD"], "fail": 0, "skipped": SOCKET["SHOULD"], "deviation": 0,
     }  # fmt: skip
-    assert len(report["results"]) == len(RULES) == 66
+    assert len(report["results"]) == len(RULES) >= 62  # every rule ran
     assert [r["rule"] for r in report["results"]] == [rule.id for rule in RULES]
     assert {r["outcome"] for r in report["results"]} == {"pass", "skipped"}
     first = report["results"][0]
@@ -148,7 +148,8 @@ def test_junit_report(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     suite = ET.fromstring(out)
     assert suite.tag == "testsuite"
-    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("11", "0", "0")
+    bg = str(len(ids_of("BG")))
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == (bg, "0", "0")
     cases = suite.findall("testcase")
     assert [case.get("name", "").split()[0] for case in cases] == ids_of("BG")
     assert cases[0].get("classname") == "submission.MUST"

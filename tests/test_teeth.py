@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import inspect
 import json
 import subprocess
 from collections.abc import Callable
@@ -42,8 +43,10 @@ from taskbed import (
     Tasks,
 )
 from taskbed._auth import TokenSigner
-from taskbed._model import check_json, clamp_progress, outcome_message, scope
+from taskbed._manager import same_owner
+from taskbed._model import clamp_progress, json_copy, outcome_message, scope
 from taskbed._sqlite_store import _ACTIVE_SQL, _COLUMNS
+from taskbed._tasks import _is_async
 from taskbed.ws import SocketConnection, WebSocketChannel
 from taskbed_harness._adapters import ReferenceImplementation
 from taskbed_harness._conform import Outcome, Result, run_suite
@@ -87,14 +90,18 @@ BROKEN = [
     # -- OWN
     _broken("messages-sent-to-another-user", "MessagesToOrganizationMates", "OWN-3"),
     # Answer, cancel and get from anyone act on the task. CONF-4 states the same for the
-    # answer and the cancel of a confirmation.
-    _broken("non-owner-command-obeyed", "NonOwnerCommandObeyed", "OWN-4", "CONF-4"),
+    # answer and the cancel of a confirmation; OWN-6's stranger gets an answer for a task that
+    # exists and none for an unknown id, which tells existence outright.
+    _broken("non-owner-command-obeyed", "NonOwnerCommandObeyed", "OWN-4", "CONF-4", "OWN-6"),
     # The owner's get about a task waiting for an answer returns a progress message, not the
     # question. (Added to OWN-4's check of the owner's own get, which saw ended tasks only.)
     _broken("get-snapshot-hides-open-question", "GetSnapshotHidesOpenQuestion", "OWN-4"),
     # Durable messages for an offline owner are dropped. REC-3 states that they are kept
     # across a restart, so it needs them kept in the first place.
     _broken("offline-messages-dropped", "OfflineMessagesDropped", "OWN-5", "REC-3"),
+    # A stranger's command about a task running here is refused from the local map, about
+    # any other id after a store lookup: the time tells whether the task exists.
+    _broken("ownership-shortcut-by-existence", "OwnershipShortcut", "OWN-6"),  # SHOULD only
     # -- CTX
     # The task gets a synthetic context instead of the request's. CTX-1 (one request) and
     # CTX-2 (two concurrent ones) both compare the task's request id with the request's.
@@ -103,17 +110,26 @@ BROKEN = [
     # func runs on the loop's thread (in a copy of the context, so BLOCK-5 still holds): the
     # thread is the loop's (BLOCK-1) and the loop stalls while func runs (BLOCK-3).
     _broken("run-blocking-on-loop-thread", "RunBlockingOnLoopThread", "BLOCK-1", "BLOCK-3"),
+    # An async function goes to the worker thread like any other: its coroutine comes back.
+    _broken("run-blocking-takes-async-functions", "RunBlockingTakesAsync", "BLOCK-6"),
     # -- CMD
     # `sh -c " ".join(argv)`: the shell expands `$HOME` and runs `; touch` (CMD-4), a Python
     # program given with -c no longer parses and a missing program is exit code 127 instead
-    # of FileNotFoundError (CMD-5), and the sh scripts of CMD-6 and CMD-8, which quote their
-    # own arguments, are torn apart.
+    # of FileNotFoundError (CMD-5), and the sh scripts of CMD-6, CMD-8 and CMD-12, which quote
+    # their own arguments, are torn apart.
     _broken("command-run-through-shell", "CommandThroughShell",
-            "CMD-4", "CMD-5", "CMD-6", "CMD-8"),
+            "CMD-4", "CMD-5", "CMD-6", "CMD-8", "CMD-12"),
     _broken("caller-env-overrides-sandbox", "CallerEnvOverridesSandbox", "CMD-7"),
-    _broken("timeout-kills-only-the-child", "TimeoutKillsOnlyTheChild", "CMD-6"),
+    # (CMD-12's descendants that leave the group are not killed either.)
+    _broken("timeout-kills-only-the-child", "TimeoutKillsOnlyTheChild", "CMD-6", "CMD-12"),
+    # Only the process group is killed: a descendant that left it survives (the pipes are
+    # still drained for a bounded time only, so the calls return).
+    _broken("escaped-descendants-survive", "EscapedDescendantsSurvive", "CMD-12"),
+    # Env names go unchecked: an empty one reaches the program, Popen refuses the others.
+    _broken("env-names-unchecked", "EnvNamesUnchecked", "CMD-11"),
     # -- PROG
     _broken("progress-not-clamped", "ProgressNotClamped", "PROG-1"),
+    _broken("huge-progress-overflows", "HugeProgressOverflows", "PROG-6"),
     # -- CONF
     _broken("confirmation-of-unknown-id-returns-none", "ConfirmUnknownIdReturnsNone", "CONF-3"),
     # -- QUERY
@@ -134,6 +150,11 @@ BROKEN = [
     # be str(exc) as well.
     _broken("failed-error-not-str-exc", "FailedErrorNotStrExc", "BG-6", "REC-3"),
     _broken("interrupted-task-silent", "InterruptedTaskSilent", "BG-8"),  # a SHOULD rule only
+    # A coroutine submitted again is taken like a new one: dedup closes it under its task.
+    _broken("coroutine-reuse-accepted", "CoroutineReuseAccepted", "BG-12"),
+    # A checkpoint goes through a plain JSON round trip: {1: "a", "1": "b"} keeps one value.
+    _broken("checkpoint-keys-merged", "CheckpointKeysMerged", "BG-13"),
+    _broken("task-keys-unchecked", "TaskKeysUnchecked", "BG-14"),  # a SHOULD rule only
     # -- WS (judged over the socket: the reference-ws adapter with one broken channel part)
     _broken("socket-origin-not-checked", "SocketOriginNotChecked", "WS-1"),
     _broken("socket-token-replayable", "SocketTokenReplayable", "WS-2"),
@@ -344,6 +365,22 @@ class GetSnapshotHidesOpenQuestion(ReferenceImplementation):
     runtime_class = runtime_with(manager_class=_OutcomeOnlySnapshotManager)
 
 
+class _ShortcutOwnershipManager(TaskManager):
+    """Refuses a stranger with the first lookup that finds the task (the local map for a
+    task running here), and with a store lookup for an id that names none."""
+
+    async def handle_client_message(self, conn: Any, command: str, body: dict[str, Any]) -> None:
+        record = self._record(body["taskId"])
+        if record is None or not same_owner(record.owner, conn.owner):
+            return
+        await super().handle_client_message(conn, command, body)
+
+
+class OwnershipShortcut(ReferenceImplementation):
+    name = "broken: a refusal's time tells whether the task exists"
+    runtime_class = runtime_with(manager_class=_ShortcutOwnershipManager)
+
+
 class _NoOfflineQueueChannel(ConnectionRegistry):
     """Treats every message as not worth keeping for an offline owner."""
 
@@ -380,14 +417,36 @@ class _InlineBlockingTasks(Tasks):
     """run_blocking calls func on the event loop's thread (context copied, as the pool does)."""
 
     async def run_blocking(self, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        if not callable(func):
-            return await super().run_blocking(func, *args, **kwargs)  # the usual refusal
-        return contextvars.copy_context().run(func, *args, **kwargs)
+        if not callable(func) or _is_async(func):
+            return await super().run_blocking(func, *args, **kwargs)  # the usual refusals
+        value = contextvars.copy_context().run(func, *args, **kwargs)
+        if inspect.iscoroutine(value):  # refused as the reference refuses it (BLOCK-6)
+            value.close()
+            raise TypeError("run_blocking: func returned a coroutine; await job(...) instead")
+        return value
 
 
 class RunBlockingOnLoopThread(ReferenceImplementation):
     name = "broken: run_blocking runs on the loop thread"
     runtime_class = runtime_with(tasks_class=_InlineBlockingTasks)
+
+
+class _AsyncInThreadTasks(Tasks):
+    """run_blocking hands any callable to the worker thread, async or not, and returns what
+    comes back (a coroutine it closes first, so this test leaks no "never awaited" warning)."""
+
+    async def run_blocking(self, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        if not callable(func):
+            return await super().run_blocking(func, *args, **kwargs)  # the usual refusal
+        value = await self._runtime.pool.run(func, *args, **kwargs)
+        if inspect.iscoroutine(value):
+            value.close()
+        return value
+
+
+class RunBlockingTakesAsync(ReferenceImplementation):
+    name = "broken: run_blocking takes async functions"
+    runtime_class = runtime_with(tasks_class=_AsyncInThreadTasks)
 
 
 # ---------------------------------------------------------------- CMD
@@ -460,6 +519,31 @@ class TimeoutKillsOnlyTheChild(ReferenceImplementation):
     runtime_class = runtime_with(runner_class=_ChildOnlyRunner)
 
 
+class _GroupOnlyRunner(OSProcessRunner):
+    """Kills the process group and nothing else: no sweep for descendants that left it."""
+
+    def _end_escapees(self, child: Any, root: int | None) -> None:
+        child.swept = True
+
+
+class EscapedDescendantsSurvive(ReferenceImplementation):
+    name = "broken: descendants that left the process group survive"
+    runtime_class = runtime_with(runner_class=_GroupOnlyRunner)
+
+
+class _UncheckedEnvTasks(Tasks):
+    """Env names and values go to the program as given."""
+
+    @staticmethod
+    def _check_env(env: dict[str, str]) -> None:
+        return None
+
+
+class EnvNamesUnchecked(ReferenceImplementation):
+    name = "broken: env names are not checked"
+    runtime_class = runtime_with(tasks_class=_UncheckedEnvTasks)
+
+
 # ---------------------------------------------------------------- PROG
 
 
@@ -474,8 +558,7 @@ class _UnclampedProgressTasks(Tasks):
         if checkpoint is not None:
             if not isinstance(checkpoint, dict):
                 raise TypeError("checkpoint must be a dict")
-            check_json(checkpoint, "checkpoint", "PROG-3")
-            checkpoint = json.loads(json.dumps(checkpoint))
+            checkpoint = json_copy(checkpoint, "checkpoint", "PROG-3")
         manager = self._manager
         if manager is not None:
             manager.update_progress(task_id, float(progress), checkpoint, label)
@@ -484,6 +567,27 @@ class _UnclampedProgressTasks(Tasks):
 class ProgressNotClamped(ReferenceImplementation):
     name = "broken: progress is not clamped"
     runtime_class = runtime_with(tasks_class=_UnclampedProgressTasks)
+
+
+class _OverflowingProgressTasks(Tasks):
+    """Progress is converted with float() first: 10**400 raises OverflowError."""
+
+    async def update_progress(self, task_id: str, progress: float, *args: Any, **kw: Any) -> None:
+        if isinstance(progress, int):
+            float(progress)
+        await super().update_progress(task_id, progress, *args, **kw)
+
+    async def emit_progress(
+        self, task_id: str, progress: Any = None, *args: Any, **kw: Any
+    ) -> None:
+        if isinstance(progress, int):
+            float(progress)
+        await super().emit_progress(task_id, progress, *args, **kw)
+
+
+class HugeProgressOverflows(ReferenceImplementation):
+    name = "broken: a huge int progress raises OverflowError"
+    runtime_class = runtime_with(tasks_class=_OverflowingProgressTasks)
 
 
 # ---------------------------------------------------------------- CONF
@@ -655,6 +759,48 @@ class InterruptedTaskSilent(ReferenceImplementation):
     runtime_class = runtime_with(manager_class=_SilentInterruptManager)
 
 
+class _ReusedCoroutineTasks(Tasks):
+    """Takes any unfinished coroutine object, whether it was submitted or started before."""
+
+    @staticmethod
+    def _check_coroutine(coro: Any) -> None:
+        return None
+
+
+class CoroutineReuseAccepted(ReferenceImplementation):
+    name = "broken: a coroutine submitted twice is accepted"
+    runtime_class = runtime_with(tasks_class=_ReusedCoroutineTasks)
+
+
+class _PlainRoundTripTasks(Tasks):
+    """A checkpoint is copied through json.dumps/json.loads and nothing else."""
+
+    async def update_progress(
+        self, task_id: str, progress: float, checkpoint: dict[str, Any] | None = None,
+        label: str | None = None,
+    ) -> None:  # fmt: skip
+        if isinstance(checkpoint, dict):
+            with contextlib.suppress(TypeError, ValueError):
+                checkpoint = json.loads(json.dumps(checkpoint, allow_nan=False))
+        await super().update_progress(task_id, progress, checkpoint, label)
+
+
+class CheckpointKeysMerged(ReferenceImplementation):
+    name = "broken: a checkpoint's colliding keys are merged"
+    runtime_class = runtime_with(tasks_class=_PlainRoundTripTasks)
+
+
+class _UncheckedKeyTasks(Tasks):
+    """Any string is a task key: each store takes what it can."""
+
+    @staticmethod
+    def _check_task_key(task_key: str) -> None:
+        return None
+
+
+class TaskKeysUnchecked(ReferenceImplementation):
+    name = "broken: task keys are not checked"
+    runtime_class = runtime_with(tasks_class=_UncheckedKeyTasks)
 # ---------------------------------------------------------------- WS
 
 

@@ -48,9 +48,11 @@ async def test_the_action_returns_the_card_and_a_toast_at_once(taskbed, taskbed_
     assert taskbed.row(task_id)["checkpoint"] == {"files_done": 4}
 
 
-@pytest.mark.taskbed(language="it")
-async def test_the_label_is_translated(taskbed):
-    await taskbed.call_action(download_catalog_model, {"catalog_id": "whisper-small"})
+async def test_the_label_is_in_the_users_language(taskbed):
+    italian = {**taskbed.session(), "user_language": "it"}
+    await taskbed.call_action(
+        download_catalog_model, {"catalog_id": "whisper-small"}, session=italian
+    )
 
     (submission,) = taskbed.manager.submissions
     assert submission.label == "Scarica modello: Whisper small"

@@ -24,12 +24,14 @@ if TYPE_CHECKING:
     from ._adapters import ReferenceImplementation as ReferenceImplementation
     from ._adapters import fake as fake_implementation
     from ._adapters import reference as reference_implementation
+    from ._awaits import NeverAwaitedError as NeverAwaitedError
     from ._client import ClientView as ClientView
     from ._clock import DEFAULT_START as DEFAULT_START
     from ._clock import DeadlockError as DeadlockError
     from ._clock import FreezegunConflictError as FreezegunConflictError
     from ._clock import VirtualClock as VirtualClock
     from ._clock import VirtualEventLoop as VirtualEventLoop
+    from ._clock import WatchdogError as WatchdogError
     from ._clock import new_virtual_loop as new_virtual_loop
     from ._conform import Outcome as Outcome
     from ._conform import Result as Result
@@ -71,12 +73,14 @@ _WHERE: dict[str, tuple[str, str]] = {
     "ReferenceImplementation": ("._adapters", "ReferenceImplementation"),
     "fake_implementation": ("._adapters", "fake"),
     "reference_implementation": ("._adapters", "reference"),
+    "NeverAwaitedError": ("._awaits", "NeverAwaitedError"),
     "ClientView": ("._client", "ClientView"),
     "DEFAULT_START": ("._clock", "DEFAULT_START"),
     "DeadlockError": ("._clock", "DeadlockError"),
     "FreezegunConflictError": ("._clock", "FreezegunConflictError"),
     "VirtualClock": ("._clock", "VirtualClock"),
     "VirtualEventLoop": ("._clock", "VirtualEventLoop"),
+    "WatchdogError": ("._clock", "WatchdogError"),
     "new_virtual_loop": ("._clock", "new_virtual_loop"),
     "Outcome": ("._conform", "Outcome"),
     "Result": ("._conform", "Result"),
@@ -130,6 +134,7 @@ __all__ = (
     "HarnessRuntime",
     "Implementation",
     "InjectedFailure",
+    "NeverAwaitedError",
     "Outcome",
     "ProcessCall",
     "RecordedProcessRunner",
@@ -144,6 +149,7 @@ __all__ = (
     "UnmatchedCommandError",
     "VirtualClock",
     "VirtualEventLoop",
+    "WatchdogError",
     "action",
     "fake_implementation",
     "install_democrai_standin",

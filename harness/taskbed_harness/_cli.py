@@ -220,11 +220,41 @@ def _print_table(results: list[Any], name: str) -> None:
     console.print(f"{wall:.2f} s wall for {virtual:.0f} s of virtual time")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("taskbed")
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree, not installed
+        import taskbed
+
+        return taskbed.__version__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``taskbed`` command; returns its exit status.
+
+    Output cut short by a closed pipe (``taskbed conform --list | head``) ends quietly with
+    status 141, as a command killed by SIGPIPE would, instead of a BrokenPipeError traceback.
+    """
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, inside the try
+    except BrokenPipeError:
+        # Python's documented recipe: point stdout at devnull so the flush at exit is quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141
+    return status
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="taskbed",
         description="Reference runtime, harness and conformance suite for module_sdk.tasks.",
     )
+    parser.add_argument("--version", action="version", version=f"taskbed {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="run a short job on the reference runtime")
     demo.add_argument("--db", help="a SQLite file to persist tasks in (default: in memory)")

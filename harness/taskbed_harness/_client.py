@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
+
+from ._awaits import Checked
 
 Message = dict[str, Any]
 
@@ -52,9 +54,15 @@ class ClientView:
     """
 
     def __init__(
-        self, connect: Callable[[Any, Any], ClientConnection], user_id: Any, organization_id: Any
+        self,
+        connect: Callable[[Any, Any], ClientConnection],
+        user_id: Any,
+        organization_id: Any,
+        *,
+        track: Callable[[Checked[Any]], None] | None = None,
     ) -> None:
         self._connect = connect
+        self._track = track  # the harness lists every check, to fail those never awaited
         self.user_id = user_id
         self.organization_id = organization_id
         self._connections: list[ClientConnection] = []
@@ -103,15 +111,37 @@ class ClientView:
     def _transcript(self) -> str:
         lines = [f"messages received by user {self.user_id!r} (org {self.organization_id!r}):"]
         for index, (at, message) in enumerate(self.timeline):
-            lines.append(f"  [{index}] t={at:.6f} {_kind(message)} {json.dumps(_body(message))}")
+            lines.append(f"  [{index}] t={at:.6f} {_kind(message)} {_json(_body(message))}")
         if len(lines) == 1:
             lines.append("  (none)")
         return "\n".join(lines)
 
     # ------------------------------------------------------------ assertions
 
-    async def expect(self, kind: str, /, *, within: float | None = None, **fields: Any) -> Any:
-        """Wait for the next unread message and check that it is *kind* with *fields*."""
+    def _checked(self, coro: Coroutine[Any, Any, Any], what: str) -> Any:
+        if self._track is None:
+            return coro
+        check = Checked(coro, what)
+        self._track(check)
+        return check
+
+    def expect(self, kind: str, /, *, within: float | None = None, **fields: Any) -> Any:
+        """Wait for the next unread message and check that it is *kind* with *fields*.
+
+        Returns an awaitable (``await client.expect(...)``) whose result is the message body.
+        Under the harness, one that is never awaited fails the test.
+        """
+        shown = ", ".join([repr(kind), *(f"{k}={v!r}" for k, v in fields.items())])
+        return self._checked(self._expect(kind, within, fields), f"expect({_trim(shown)})")
+
+    def expect_nothing(self, within: float) -> Any:
+        """Let *within* seconds of virtual time pass; fail if any message arrives meanwhile.
+
+        Returns an awaitable; under the harness, one that is never awaited fails the test.
+        """
+        return self._checked(self._expect_nothing(within), f"expect_nothing({within!r})")
+
+    async def _expect(self, kind: str, within: float | None, fields: dict[str, Any]) -> Any:
         if not self.online:
             raise AssertionError("this client is disconnected; call reconnect() first")
         try:
@@ -129,11 +159,10 @@ class ClientView:
             raise AssertionError(wrong + self._transcript())
         return body
 
-    async def expect_nothing(self, within: float) -> None:
-        """Let *within* seconds of virtual time pass; fail if any message arrives meanwhile."""
+    async def _expect_nothing(self, within: float) -> None:
         await asyncio.sleep(within)
         if self.unread:
-            shown = "\n".join(f"  {_kind(m)} {json.dumps(_body(m))}" for m in self.unread)
+            shown = "\n".join(f"  {_kind(m)} {_json(_body(m))}" for m in self.unread)
             raise AssertionError(
                 f"expected no message within {within} s, but these are unread:\n{shown}"
             )
@@ -195,7 +224,8 @@ _MISSING = object()
 def mismatch(kind: str, fields: dict[str, Any], got_kind: str, body: dict[str, Any]) -> str | None:
     """What differs between the expected *kind* / *fields* and what came, or None if nothing.
 
-    Shared by the client's and the emitted view's ``expect``: fields compare with ``==``.
+    Shared by the client's and the emitted view's ``expect``: fields compare with ``==``. A
+    ``backgroundTaskError`` that came instead shows the task's error as raised, line by line.
     """
     wrong = {k: v for k, v in fields.items() if body.get(k, _MISSING) != v}
     if got_kind == kind and not wrong:
@@ -205,6 +235,26 @@ def mismatch(kind: str, fields: dict[str, Any], got_kind: str, body: dict[str, A
     )
     return (
         f"expected {kind} with {fields}\n"
-        f"     got {got_kind} {json.dumps(body, default=repr)}\n"
+        f"     got {got_kind} {_json(body)}\n"
         + (f"  differing fields:\n{diff}\n" if diff else "")
+        + _failure(got_kind, body)
     )
+
+
+def _json(body: dict[str, Any]) -> str:
+    """A message body on one line, non-ASCII text as it is (``été``, not ``\\u00e9t\\u00e9``)."""
+    return json.dumps(body, ensure_ascii=False, default=repr)
+
+
+def _failure(kind: str, body: dict[str, Any]) -> str:
+    """For a ``backgroundTaskError``, the task's error as the task raised it, line by line."""
+    if kind != "backgroundTaskError":
+        return ""
+    error = body.get("error")
+    text = error if isinstance(error, str) else repr(error)
+    block = "\n".join(f"    {line}" for line in text.splitlines() or [""])
+    return f"  the task failed with:\n{block}\n"
+
+
+def _trim(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -69,13 +69,18 @@ without ``real_asyncio=True`` is reported with ``FreezegunConflictError``; with
 Limits
 ------
 
-* ``time.monotonic()`` and ``time.perf_counter()`` stay real: code that measures time
-  should read ``loop.time()`` (or the Clock port).
+* ``time.monotonic()``, ``time.perf_counter()`` and their ``_ns`` forms read virtual time
+  while the loop runs, on the loop's thread, for callers outside the standard library, taskbed
+  and the test tools (those measure real timeouts); worker threads read real time. A name
+  bound before with ``from time import monotonic`` stays real. On in taskbed tests (marker
+  option ``virtual_monotonic=False`` turns it off), off for a ``VirtualClock()`` made by hand
+  (``VirtualClock(virtual_monotonic=True)`` turns it on).
 * Work the loop cannot see (a ``threading.Thread`` started by hand, a peer on the network)
   does not hold time back: a pending timeout fires at once. Wrap the wait in
   ``with loop.external_work():``. With no timer pending, the deadlock grace covers short waits.
-* A worker thread or subprocess that never ends holds time still forever; the loop then
-  waits in real time and no ``DeadlockError`` is reported (use pytest's timeout plugins).
+* A worker thread or subprocess that never ends holds time still; the real-time watchdog
+  (``watchdog=`` seconds per run, 60 by default) then fails the run with ``WatchdogError``,
+  naming what is stuck, and lets it go (see ``_watchdog.py``).
 * A time-machine traveller started inside the test sits on top of the clock's and wins
   until it stops.
 """
@@ -86,17 +91,30 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import functools
 import heapq
 import math
 import os
 import selectors
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, TypeVarTuple, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, TypeVarTuple, cast
+
+from ._watchdog import (
+    DEFAULT_WATCHDOG,
+    DaemonThreadPool,
+    Work,
+    callable_name,
+    how_to_change,
+    interrupted,
+    is_interrupted,
+    real_monotonic,
+)
 
 if TYPE_CHECKING:
     import time_machine
@@ -107,6 +125,7 @@ __all__ = (
     "FreezegunConflictError",
     "VirtualClock",
     "VirtualEventLoop",
+    "WatchdogError",
     "new_virtual_loop",
 )
 
@@ -124,6 +143,15 @@ class DeadlockError(RuntimeError):
     """The loop is idle and nothing can ever wake it: every task waits, forever.
 
     The message lists the pending tasks (where each one waits) and the pending timers.
+    """
+
+
+class WatchdogError(DeadlockError):
+    """A run of the loop took longer than its real-time budget (``watchdog`` seconds).
+
+    Either work outside the loop is stuck (the message names each thread with its stack, each
+    process with its pid and command), or a job spins (the message says how far virtual time
+    ran, and where each task is). The stuck work is let go, so the test can end.
     """
 
 
@@ -190,6 +218,12 @@ class VirtualClock:
         start: the wall time at the clock's origin: epoch seconds, or an aware datetime.
         autojump: jump to the next timer whenever the loop is idle (the default). Off, time
             moves only by ``await clock.advance(seconds)``.
+        virtual_monotonic: while the loop runs, ``time.monotonic()``, ``time.perf_counter()``
+            and their ``_ns`` forms read virtual time, as ``loop.time()`` does, when called on
+            the loop's thread by code outside the standard library and the test tools. The
+            pytest plugin turns it on for taskbed tests; off (the default here), they stay
+            real, so code that drives a virtual loop itself (a benchmark, a conformance run)
+            measures real time as before.
 
     Example:
         >>> clock = VirtualClock()
@@ -197,10 +231,19 @@ class VirtualClock:
         (1767225600.0, 0.0)
     """
 
-    def __init__(self, start: float | datetime = DEFAULT_START, *, autojump: bool = True) -> None:
+    def __init__(
+        self,
+        start: float | datetime = DEFAULT_START,
+        *,
+        autojump: bool = True,
+        virtual_monotonic: bool = False,
+    ) -> None:
         self._start_ns = _start_ns(start)
         self._mono_ns = 0
         self._autojump = bool(autojump)
+        self.virtual_monotonic = bool(virtual_monotonic)
+        self._loop_thread: int | None = None  # the thread the loop runs on, while it runs
+        self._unpatch: Callable[[], None] | None = None
         self._loop: VirtualEventLoop | None = None  # the loop running on this clock, if any
         self._wall_depth = 0
         self._travel: time_machine.travel | None = None
@@ -333,19 +376,92 @@ class VirtualClock:
             self._travel = time_machine.travel(ns // _NS, tick=False)
             self._traveller = self._travel.start()
             _shift(self._traveller, ns % _NS)
+            self._unpatch = _patch_monotonic(self)
         self._wall_depth += 1
         try:
             yield
         finally:
             self._wall_depth -= 1
-            if self._wall_depth == 0 and self._travel is not None:
-                travel, self._travel, self._traveller = self._travel, None, None
-                travel.stop()
+            if self._wall_depth == 0:
+                if self._unpatch is not None:
+                    unpatch, self._unpatch = self._unpatch, None
+                    unpatch()
+                if self._travel is not None:
+                    travel, self._travel, self._traveller = self._travel, None, None
+                    travel.stop()
+
+    def _reads_virtual(self, caller: Any) -> bool:
+        """Whether a ``time.monotonic()`` call from frame *caller* gets virtual time."""
+        if not self.virtual_monotonic or self._loop is None:
+            return False
+        if threading.get_ident() != self._loop_thread:
+            return False  # a worker thread is not virtual: its deadlines pass in real time
+        name = caller.f_globals.get("__name__") or ""
+        return name.partition(".")[0] not in _REAL_TIME_CALLERS
 
     def __repr__(self) -> str:
         stamp = self.now_datetime().isoformat(timespec="microseconds")
         state = "on" if self._autojump else "off"
         return f"<VirtualClock monotonic={self.monotonic()!r} wall={stamp} autojump={state}>"
+
+
+# The real clocks, bound at import (in a tuple: freezegun replaces module attributes that
+# *are* the real functions, and would swap these for its fakes).
+_REAL_CLOCKS: Final = (time.monotonic, time.monotonic_ns, time.perf_counter, time.perf_counter_ns)
+
+# Callers that always read real time: the standard library (asyncio, threading, subprocess,
+# concurrent.futures and sqlite3 measure real timeouts with these clocks), taskbed itself
+# (the reference's busy-wait deadlines, the harness's measurements), and the test tools.
+_REAL_TIME_CALLERS: Final = frozenset(sys.stdlib_module_names) | {
+    "taskbed",
+    "taskbed_harness",
+    "_pytest",
+    "pytest",
+    "pluggy",
+    "pytest_asyncio",
+    "hypothesis",
+    "time_machine",
+    "freezegun",
+    "coverage",
+}
+
+
+def _patch_monotonic(clock: VirtualClock) -> Callable[[], None]:
+    """Point ``time.monotonic`` & co. at *clock* (where ``_reads_virtual`` says so).
+
+    Only the ``time`` module's attributes change: a name bound earlier with
+    ``from time import monotonic`` keeps the real clock. Returns the undo.
+    """
+    real_mono, real_mono_ns, real_perf, real_perf_ns = _REAL_CLOCKS
+
+    def monotonic() -> float:
+        return clock.monotonic() if clock._reads_virtual(sys._getframe(1)) else real_mono()
+
+    def monotonic_ns() -> int:
+        return clock.monotonic_ns() if clock._reads_virtual(sys._getframe(1)) else real_mono_ns()
+
+    def perf_counter() -> float:
+        return clock.monotonic() if clock._reads_virtual(sys._getframe(1)) else real_perf()
+
+    def perf_counter_ns() -> int:
+        return clock.monotonic_ns() if clock._reads_virtual(sys._getframe(1)) else real_perf_ns()
+
+    ours = {
+        "monotonic": monotonic,
+        "monotonic_ns": monotonic_ns,
+        "perf_counter": perf_counter,
+        "perf_counter_ns": perf_counter_ns,
+    }
+    before = {name: getattr(time, name) for name in ours}
+    for name, function in ours.items():
+        setattr(time, name, function)
+
+    def undo() -> None:
+        for name, function in ours.items():
+            if getattr(time, name) is function:  # someone patched over us: leave theirs
+                setattr(time, name, before[name])
+
+    return undo
 
 
 def _shift(traveller: time_machine.Traveller, delta_ns: int) -> None:
@@ -361,12 +477,13 @@ def _shift(traveller: time_machine.Traveller, delta_ns: int) -> None:
 
 
 class _TrackingExecutor(concurrent.futures.Executor):
-    """Test seam around an executor: hands every future it returns to ``record``."""
+    """Test seam around an executor: hands every future it returns to ``record``, with a
+    ``Work`` that learns which thread runs the call (for the watchdog's messages)."""
 
     def __init__(
         self,
         inner: concurrent.futures.Executor,
-        record: Callable[[concurrent.futures.Future[Any]], None],
+        record: Callable[[concurrent.futures.Future[Any], Work], None],
     ) -> None:
         self._inner = inner
         self._record = record
@@ -374,9 +491,20 @@ class _TrackingExecutor(concurrent.futures.Executor):
     def submit(
         self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
     ) -> concurrent.futures.Future[T]:
+        work = Work("thread", callable_name(fn))
+        work.pool = self._inner
+        if isinstance(self._inner, concurrent.futures.ThreadPoolExecutor):
+            # Only thread pools: a process pool must pickle fn, and a closure does not pickle.
+            fn = functools.partial(_run_as, work, fn)
         future = self._inner.submit(fn, *args, **kwargs)
-        self._record(future)
+        work.future = future
+        self._record(future, work)
         return future
+
+
+def _run_as(work: Work, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    work.thread = threading.current_thread()
+    return fn(*args, **kwargs)
 
 
 class _VirtualSelector(selectors.BaseSelector):
@@ -422,6 +550,9 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
             the loop (threads, subprocesses).
         deadlock_grace: how long, in real seconds, a loop that would wait forever waits for
             something outside (a thread or a peer it cannot see) before ``DeadlockError``.
+        watchdog: the real seconds one run of the loop (``run_until_complete``) may take
+            before it fails with ``WatchdogError`` (stuck thread or process, or a job that
+            polls forever); None or 0 turns the watchdog off.
     """
 
     def __init__(
@@ -431,8 +562,14 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
         noop_cycles: int = 3,
         idle_slice: float = 0.001,
         deadlock_grace: float = 0.1,
+        watchdog: float | None = DEFAULT_WATCHDOG,
     ) -> None:
         self.clock = clock if clock is not None else VirtualClock()
+        self.watchdog = watchdog or None
+        self._run_started = real_monotonic()
+        self._run_virtual_ns = 0
+        self._jumps = 0
+        self._watchdog_fired = False
         self._noop_cycles = noop_cycles
         self._idle_slice = idle_slice
         self._grace_slices = max(1, round(deadlock_grace / idle_slice))
@@ -443,10 +580,12 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
         # to the nanosecond nearest the deadline, which must be close enough for that.
         self._resolution = time.get_clock_info("monotonic").resolution
         # (thread's future, loop's future) of every executor call not yet finished
-        self._executor_calls: list[tuple[concurrent.futures.Future[Any], asyncio.Future[Any]]]
-        self._executor_calls = []
-        self._processes: list[asyncio.SubprocessTransport] = []
-        self._external = 0
+        self._executor_calls: list[
+            tuple[concurrent.futures.Future[Any], asyncio.Future[Any], Work]
+        ] = []
+        self._processes: list[tuple[asyncio.SubprocessTransport, Work]] = []
+        self._external: list[Work] = []  # open external_work() blocks
+        self._let_go: set[Work] = set()  # stuck work the watchdog stopped holding time for
         self._advancing = 0
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._default_pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -517,16 +656,27 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
         wake it: the loop waits for it in real time instead of jumping or reporting a
         deadlock. Executor calls and asyncio subprocesses are tracked without this.
         """
-        self._external += 1
+        frame = sys._getframe(2)  # the caller of the `with` (contextmanager adds one frame)
+        work = Work("external", "", f"{_short(frame.f_code.co_filename)}:{frame.f_lineno}")
+        self._external.append(work)
         try:
             yield
         finally:
-            self._external -= 1
+            self._external.remove(work)
+            self._let_go.discard(work)
 
     # ------------------------------------------------------------ the select ladder
 
     def _virtual_select(self, timeout: float | None) -> list[tuple[selectors.SelectorKey, int]]:
         real = self._real_selector
+        if (
+            self.watchdog is not None
+            and not self._watchdog_fired
+            and real_monotonic() - self._run_started > self.watchdog
+        ):
+            self._watchdog_fired = True
+            self._fire_watchdog()
+            return []
         ready = real.select(0)
         if ready or (timeout is not None and timeout <= 0):
             self._reset_idle()
@@ -554,6 +704,7 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
             self._reset_idle()
             return []
         if timeout is not None and (self.clock.autojump or self._advancing):
+            self._jumps += 1
             self.clock._move_to(self._next_deadline_ns(timeout))
             self._reset_idle()
             return []
@@ -602,13 +753,76 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
         return sorted((h for h in self._scheduled_timers() if not h.cancelled()), key=_when)
 
     def _in_flight(self) -> bool:
-        if self._external:
+        if is_interrupted():  # Ctrl-C: wait for nothing outside the loop any more
+            self._let_go_of(self._stuck())
+            return False
+        if any(w not in self._let_go for w in self._external):
             return True
-        self._executor_calls = [
-            (cf, af) for cf, af in self._executor_calls if not (cf.done() and af.done())
-        ]
-        self._processes = [p for p in self._processes if p.get_returncode() is None]
+        self._in_flight_prune()
         return bool(self._executor_calls or self._processes)
+
+    def _stuck(self) -> list[Work]:
+        """The work outside the loop that holds time still now, oldest first."""
+        self._in_flight_prune()
+        work = [w for w in self._external if w not in self._let_go]
+        work += [w for _, _, w in self._executor_calls]
+        work += [w for _, w in self._processes]
+        return sorted(work, key=lambda w: w.since)
+
+    def _in_flight_prune(self) -> None:
+        self._executor_calls = [
+            (cf, af, w)
+            for cf, af, w in self._executor_calls
+            if not (cf.done() and af.done()) and w not in self._let_go
+        ]
+        self._processes = [
+            (p, w)
+            for p, w in self._processes
+            if p.get_returncode() is None and w not in self._let_go
+        ]
+
+    def _let_go_of(self, stuck: list[Work]) -> None:
+        """Stop holding time for *stuck*: kill its processes, abandon its pool threads."""
+        for work in stuck:
+            self._let_go.add(work)
+            if work.thread is not None and isinstance(work.pool, DaemonThreadPool):
+                work.pool.abandon(work.thread)
+        for transport, work in self._processes:
+            if work in self._let_go:
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    transport.close()  # kills the process if it still runs, closes its pipes
+        self._in_flight_prune()
+
+    def _fire_watchdog(self) -> None:
+        """The run took longer than the watchdog allows: fail it, naming what is stuck."""
+        assert self.watchdog is not None
+        now = real_monotonic()
+        stuck = self._stuck()
+        took = now - self._run_started
+        if stuck:
+            lines = [
+                f"taskbed watchdog: this run of the event loop took more than {self.watchdog:g} "
+                f"s of real time ({took:.1f} s), and virtual time cannot advance: it waits for "
+                f"work outside the loop that has not finished. Stuck ({len(stuck)}):"
+            ]
+            for work in stuck:
+                lines += [f"  {line}" for line in work.describe(now)]
+        else:
+            moved = (self.clock.monotonic_ns() - self._run_virtual_ns) / _NS
+            lines = [
+                f"taskbed watchdog: this run of the event loop took more than {self.watchdog:g} "
+                f"s of real time ({took:.1f} s) without finishing, while virtual time ran "
+                f"{moved:.9g} s ({self._jumps} jumps): a job that polls forever, or a loop that "
+                "never waits for anything? Where each task is:"
+            ]
+        tasks = sorted(asyncio.all_tasks(self), key=lambda t: t.get_name())
+        lines.append(f"Pending tasks ({len(tasks)}):")
+        lines += [f"  - {_describe_task(task)}" for task in tasks[:20]]
+        if len(tasks) > 20:
+            lines.append(f"  ... and {len(tasks) - 20} more")
+        lines.append(how_to_change(self.watchdog))
+        self._let_go_of(stuck)
+        self._deliver(WatchdogError("\n".join(lines)))
 
     def _deliver(self, error: Exception) -> None:
         """Fail the main future of ``run_until_complete``; without one, raise out of the loop."""
@@ -673,7 +887,9 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
         except (DeadlockError, FreezegunConflictError) as error:
             self._unwind(main, error)
             raise
-        except BaseException:
+        except BaseException as error:
+            if isinstance(error, KeyboardInterrupt):
+                interrupted()  # Ctrl-C: from now on nothing waits for stuck work
             if new_task and main.done() and not main.cancelled():
                 main.exception()  # retrieved: the caller never saw the task
             raise
@@ -724,11 +940,17 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
                 f"{clock!r} already runs another event loop; give each loop its own clock"
             )
         clock._loop = self
+        clock._loop_thread = threading.get_ident()
+        self._run_started = real_monotonic()  # the watchdog's budget is per run
+        self._run_virtual_ns = clock.monotonic_ns()
+        self._jumps = 0
+        self._watchdog_fired = False
         try:
             with clock._wall_clock():
                 super().run_forever()
         finally:
             clock._loop = None
+            clock._loop_thread = None
 
     # ------------------------------------------------------------ work outside the loop
 
@@ -740,18 +962,18 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
     ) -> asyncio.Future[T]:
         if executor is None:
             executor = self._default_pool_for_calls()
-        submitted: list[concurrent.futures.Future[Any]] = []
-        future = super().run_in_executor(_TrackingExecutor(executor, submitted.append), func, *args)
-        self._executor_calls += [(inner, future) for inner in submitted]
+        submitted: list[tuple[concurrent.futures.Future[Any], Work]] = []
+        tracking = _TrackingExecutor(executor, lambda f, w: submitted.append((f, w)))
+        future = super().run_in_executor(tracking, func, *args)
+        self._executor_calls += [(inner, future, work) for inner, work in submitted]
         return future
 
     def _default_pool_for_calls(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._default_pool_shut:
             raise RuntimeError("Executor shutdown has been called")
         if self._default_pool is None:
-            self.set_default_executor(
-                concurrent.futures.ThreadPoolExecutor(thread_name_prefix="asyncio")
-            )
+            # daemon threads: a stuck one cannot keep the interpreter from exiting
+            self.set_default_executor(DaemonThreadPool(thread_name_prefix="asyncio"))
         assert self._default_pool is not None
         return self._default_pool
 
@@ -767,12 +989,12 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
 
     async def subprocess_exec(self, *args: Any, **kwargs: Any) -> Any:
         transport, protocol = await super().subprocess_exec(*args, **kwargs)
-        self._processes.append(transport)
+        self._processes.append((transport, Work("process", _describe_process(transport))))
         return transport, protocol
 
     async def subprocess_shell(self, *args: Any, **kwargs: Any) -> Any:
         transport, protocol = await super().subprocess_shell(*args, **kwargs)
-        self._processes.append(transport)
+        self._processes.append((transport, Work("process", _describe_process(transport))))
         return transport, protocol
 
     def __repr__(self) -> str:
@@ -780,8 +1002,12 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
         return f"<VirtualEventLoop {state} {self.clock!r}>"
 
 
-def new_virtual_loop(clock: VirtualClock | None = None) -> VirtualEventLoop:
+def new_virtual_loop(
+    clock: VirtualClock | None = None, *, watchdog: float | None = DEFAULT_WATCHDOG
+) -> VirtualEventLoop:
     """A fresh virtual-time event loop on *clock* (a new ``VirtualClock()`` by default).
+
+    *watchdog* is the loop's real-time budget per run (see ``VirtualEventLoop``).
 
     Example:
         >>> loop = new_virtual_loop()
@@ -790,7 +1016,7 @@ def new_virtual_loop(clock: VirtualClock | None = None) -> VirtualEventLoop:
         3600.0
         >>> loop.close()
     """
-    return VirtualEventLoop(clock)
+    return VirtualEventLoop(clock, watchdog=watchdog)
 
 
 # ---------------------------------------------------------------- helpers
@@ -829,6 +1055,14 @@ def _describe_task(task: asyncio.Task[Any]) -> str:
     if waiting is not None:
         text += f", waiting for {_trim(repr(waiting))}"
     return text
+
+
+def _describe_process(transport: asyncio.SubprocessTransport) -> str:
+    """``pid 4242: ['sleep', '3600']``: asyncio keeps the Popen on its transport."""
+    popen = getattr(transport, "_proc", None)  # asyncio internals, read only
+    args = getattr(popen, "args", None)
+    shown = f": {_trim(repr(list(args)))}" if isinstance(args, list | tuple) else ""
+    return f"pid {transport.get_pid()}{shown}"
 
 
 def _short(path: str) -> str:

@@ -36,7 +36,7 @@ from taskbed import ui
 
 from ._adapters import Implementation
 from ._client import ClientView
-from ._clock import new_virtual_loop
+from ._clock import VirtualClock, new_virtual_loop
 from ._spec import Block, Rule
 
 #: Virtual seconds a rule may take before it is judged hung.
@@ -190,8 +190,12 @@ async def run_rule(rule: Rule, factory: Callable[[], Implementation]) -> Result:
 
 
 def run_rule_sync(rule: Rule, factory: Callable[[], Implementation]) -> Result:
-    """Judge one rule on its own fresh virtual-time loop."""
-    loop = new_virtual_loop()
+    """Judge one rule on its own fresh virtual-time loop.
+
+    ``time.monotonic()`` stays real there: the spec pages bound a broken implementation's hang
+    with real-time deadlines (their ``until()`` helper), which virtual time would never reach.
+    """
+    loop = new_virtual_loop(VirtualClock(virtual_monotonic=False))
     try:
         return loop.run_until_complete(run_rule(rule, factory))
     finally:

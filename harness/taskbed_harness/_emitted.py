@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from collections.abc import Callable
 from typing import Any
 
+from ._awaits import Checked
 from ._client import mismatch
 
 
@@ -56,7 +58,8 @@ class Emitted:
             ``ui_messages`` effect or published live.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, track: Callable[[Checked[Any]], None] | None = None) -> None:
+        self._track = track  # the harness lists every expect(), to fail those never awaited
         self.items: list[Emission] = []
         self.responses: list[Any] = []
         self._read = 0
@@ -124,12 +127,22 @@ class Emitted:
 
     # ------------------------------------------------------------ assertions
 
-    async def expect(self, kind: str, /, *, within: float | None = None, **fields: Any) -> Any:
+    def expect(self, kind: str, /, *, within: float | None = None, **fields: Any) -> Any:
         """The next unread emission must be *kind* with *fields*; returns its body.
 
         With *within*, waits up to that many (virtual) seconds for it to be emitted (by a
-        background task, say).
+        background task, say). Returns an awaitable; under the harness, one that is never
+        awaited fails the test.
         """
+        coro = self._expect(kind, within, fields)
+        if self._track is None:
+            return coro
+        shown = ", ".join([repr(kind), *(f"{k}={v!r}" for k, v in fields.items())])
+        check = Checked(coro, f"emitted.expect({shown[:110]})")
+        self._track(check)
+        return check
+
+    async def _expect(self, kind: str, within: float | None, fields: dict[str, Any]) -> Any:
         if self._read >= len(self.items) and within is not None:
             self._arrived = asyncio.Event()
             try:

@@ -17,6 +17,8 @@ from typing import Any
 
 from taskbed import Connection, ConnectionRegistry, Owner, Runtime, TaskManager, TaskRecord, Work
 
+from ._watchdog import DaemonThreadPool
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Submission:
@@ -176,9 +178,17 @@ def _failing(work: Work, exc: BaseException) -> Work:
 
 
 class HarnessRuntime(Runtime):
-    """The reference ``Runtime`` with the fake task manager installed."""
+    """The reference ``Runtime`` with the fake task manager installed.
+
+    Its ``run_blocking`` threads come from a ``DaemonThreadPool``: one that never returns is
+    let go by the watchdog instead of keeping the test process alive at exit.
+    """
 
     manager_class = FakeTaskManager
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pool.executor_class = DaemonThreadPool
 
     @property
     def fake(self) -> FakeTaskManager:

@@ -18,6 +18,7 @@ from typing import Any
 from taskbed import MemoryStore, ModuleSDK, SQLiteStore, TaskStore, serialize
 
 from ._actions import resolve_action
+from ._awaits import Checked, NeverAwaitedError, coroutine_instead_of_id, unawaited_message
 from ._client import ClientView
 from ._clock import VirtualClock, VirtualEventLoop
 from ._emitted import Emitted
@@ -44,6 +45,14 @@ class HarnessOptions:
         start: where the virtual clock starts (a timezone-aware ``datetime`` or epoch
             seconds; default 2026-01-01T00:00:00Z). The pytest plugin reads it from the marker
             when it makes the test's loop.
+        watchdog: real seconds each run of the loop may take before it fails with
+            ``WatchdogError`` (a stuck thread or process, or a job that polls forever); 0
+            turns it off; None keeps the loop's own (60 s unless told otherwise).
+            ``--taskbed-watchdog=SECONDS`` overrides it.
+        virtual_monotonic: ``False`` keeps ``time.monotonic()`` and ``time.perf_counter()``
+            real in this test, ``True`` makes them read virtual time, as ``loop.time()``
+            does; None keeps the clock's own setting (on in taskbed pytest tests, off for a
+            ``VirtualClock()`` made by hand).
         namespaces: name -> factory called with every SDK the harness builds (``factory(sdk)``):
             adds a namespace or replaces ``ui``, ``i18n``, ``media``, ``effects`` (e.g. by the
             platform's own classes, which take the SDK).
@@ -65,6 +74,8 @@ class HarnessOptions:
     redact_keys: tuple[str, ...] = ()
     store: str = "memory"
     start: datetime | float | None = None
+    watchdog: float | None = None
+    virtual_monotonic: bool | None = None
     namespaces: Mapping[str, Callable[[ModuleSDK], Any]] | None = None
     translations: Mapping[str, Mapping[str, str]] | None = None
     media: Mapping[str, bytes] | None = None
@@ -73,6 +84,12 @@ class HarnessOptions:
     def __post_init__(self) -> None:
         if self.store not in ("memory", "sqlite"):
             raise ValueError(f"store must be 'memory' or 'sqlite', got {self.store!r}")
+        w = self.watchdog
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int | float) or w < 0):
+            raise ValueError(
+                f"watchdog takes a number of real seconds (0 turns it off), got {w!r}; "
+                "e.g. @pytest.mark.taskbed(watchdog=120)"
+            )
 
     @classmethod
     def merged(cls, layers: Iterable[dict[str, Any]]) -> HarnessOptions:
@@ -119,7 +136,9 @@ class Harness:
         self.store: TaskStore = MemoryStore() if self.options.store == "memory" else SQLiteStore()
         self._runtime: HarnessRuntime | None = None
         self._clients: list[ClientView] = []
-        self.emitted = Emitted()
+        self._checks: list[Checked[Any]] = []  # every expect() of its clients
+        self._from_pytest = False  # set by the pytest plugin: shapes the wrong-loop message
+        self.emitted = Emitted(track=self._checks.append)
 
     # ------------------------------------------------------------ life
 
@@ -140,16 +159,15 @@ class Harness:
         return self.runtime.fake
 
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
         if self._clock is None:
-            loop = asyncio.get_running_loop()
             if not isinstance(loop, VirtualEventLoop):
-                raise RuntimeError(
-                    "the taskbed harness needs its virtual-time event loop: run the test with "
-                    "the taskbed pytest fixtures, or the code with "
-                    "taskbed_harness.new_virtual_loop().run_until_complete(...) "
-                    "(see docs/guides/virtual-time.md)"
-                )
+                raise RuntimeError(self._wrong_loop_message(loop))
             self._clock = loop.clock
+        if self.options.virtual_monotonic is not None:
+            self._clock.virtual_monotonic = self.options.virtual_monotonic
+        if isinstance(loop, VirtualEventLoop) and self.options.watchdog is not None:
+            loop.watchdog = self.options.watchdog or None
         self._clock.autojump = self.options.autojump
         o = self.options
         self._runtime = HarnessRuntime(
@@ -165,6 +183,23 @@ class Harness:
         await self._runtime.start()
         if self.options.hold:
             self.manager.hold()
+
+    def _wrong_loop_message(self, loop: asyncio.AbstractEventLoop) -> str:
+        if self._from_pytest:
+            return (
+                f"this test uses the taskbed fixtures, but it runs on {loop!r}, not on the "
+                "virtual-time loop the plugin gives taskbed tests. The plugin chooses the loop "
+                "when the test is collected, from the fixtures it names: name `taskbed` (or "
+                "`taskbed_client`, `taskbed_clock`, ...) as an argument of the test or of one "
+                "of its fixtures, instead of calling request.getfixturevalue('taskbed') "
+                "(see docs/guides/troubleshooting.md#wrong-loop)"
+            )
+        return (
+            f"the taskbed harness needs its virtual-time event loop, not {loop!r}: run the "
+            "test with the taskbed pytest fixtures, or the code with "
+            "taskbed_harness.new_virtual_loop().run_until_complete(...) "
+            "(see docs/guides/virtual-time.md)"
+        )
 
     async def stop(self) -> None:
         if self._runtime is not None:
@@ -184,9 +219,26 @@ class Harness:
         await self.stop()
 
     def check(self) -> None:
-        """The teardown checks: every recorded and registered command was used."""
+        """The teardown checks: every check was awaited, every recorded command was used.
+
+        Raises:
+            NeverAwaitedError: an ``expect(...)`` of a client was never awaited.
+            AssertionError: a recorded or registered command went unused.
+        """
+        self.check_awaited()
         if self.options.assert_all_used:
             self.processes.assert_all_used()
+
+    def check_awaited(self) -> None:
+        """Fail for every ``expect(...)`` / ``expect_nothing(...)`` nobody awaited (so far).
+
+        Raises:
+            NeverAwaitedError: naming each one, with the line and the fix.
+        """
+        forgotten = [c for c in self._checks if not c.awaited]
+        self._checks.clear()
+        if forgotten:
+            raise NeverAwaitedError(unawaited_message(forgotten))
 
     # ------------------------------------------------------------ SDK objects
 
@@ -211,10 +263,15 @@ class Harness:
         organization: Any = _UNSET,
         module: str | None = None,
         request_id: str | None = "request-1",
+        session: dict[str, Any] | None = None,
     ) -> AsyncIterator[ModuleSDK]:
-        """``async with tb.request() as sdk:``: one request of a user to a module."""
+        """``async with tb.request() as sdk:``: one request of a user to a module.
+
+        *session* replaces the session built from *user* and *organization* (e.g. to add
+        ``"user_language": "it"`` to ``tb.session()``).
+        """
         async with self.runtime.request(
-            session=self.session(user, organization),
+            session=self.session(user, organization) if session is None else session,
             module=module or self.options.module,
             request_id=request_id,
         ) as sdk:
@@ -229,6 +286,7 @@ class Harness:
         organization: Any = _UNSET,
         module: str | None = None,
         request_id: str | None = "request-1",
+        session: dict[str, Any] | None = None,
     ) -> Any:
         """Call an action as the platform does: ``action(ctx, session, module_sdk)``, one request.
 
@@ -240,6 +298,7 @@ class Harness:
             action: the action function (``@action`` or a plain ``async def f(ctx, session,
                 module_sdk)``), or the name it was registered under with ``@action``.
             ctx: the action's context (``{"storage_ref": ...}``); ``{}`` by default.
+            session: the session, instead of the one *user* and *organization* make.
 
         Raises:
             LookupError: no action is registered under that name.
@@ -255,7 +314,11 @@ class Harness:
                 "(see docs/guides/testing-modules.md#calling-an-action)"
             )
         async with self.request(
-            user=user, organization=organization, module=module, request_id=request_id
+            user=user,
+            organization=organization,
+            module=module,
+            request_id=request_id,
+            session=session,
         ) as sdk:
             response = await func(ctx, sdk.session, sdk)
         self.emitted.add_response(response)
@@ -287,16 +350,48 @@ class Harness:
             self.runtime.connect,
             o.user if user is _UNSET else user,
             o.organization if organization is _UNSET else organization,
+            track=self._checks.append,
         )
         self._clients.append(view)
         return view
 
     async def wait(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
-        """Wait (in virtual time) until the task is terminal; its serialized row."""
-        return await self.runtime.wait(task_id, timeout)
+        """Wait (in virtual time) until the task is terminal; its serialized row.
+
+        Raises:
+            TypeError: *task_id* is a coroutine (a ``run_background`` call without ``await``).
+            TimeoutError: *timeout* seconds of virtual time passed first; the message says
+                where the task stands.
+        """
+        if (wrong := coroutine_instead_of_id(task_id, "taskbed.wait()")) is not None:
+            raise wrong
+        try:
+            return await self.runtime.wait(task_id, timeout)
+        except TimeoutError:
+            raise TimeoutError(self._timeout_message(task_id, timeout)) from None
+
+    def _timeout_message(self, task_id: str, timeout: float | None) -> str:
+        record = self.store.get(task_id)
+        if record is None:
+            where = "no row exists for it"
+        else:
+            row = serialize(record)
+            where = (
+                f"it is still {row['status']!r} (label {row['label']!r}, progress "
+                f"{row['progress']!r})"
+            )
+            if task_id in self.manager.held:
+                where += ", held by the fake task manager: call taskbed.manager.release()"
+        return (
+            f"taskbed.wait({task_id!r}, timeout={timeout!r}): the task did not end within "
+            f"{timeout!r} s of virtual time; {where}. Wait longer, or look at what the task "
+            "awaits (see docs/guides/troubleshooting.md#wait-timeout)"
+        )
 
     def row(self, task_id: str) -> dict[str, Any]:
         """The task's serialized row as it is now."""
+        if (wrong := coroutine_instead_of_id(task_id, "taskbed.row()")) is not None:
+            raise wrong
         record = self.store.get(task_id)
         if record is None:
             raise LookupError(f"no task with id {task_id!r}")

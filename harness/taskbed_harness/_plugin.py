@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +53,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="MODE",
         help="record mode for subprocess cassettes: none (replay only, the default), once, "
         "new, all. Overrides @pytest.mark.taskbed(record=...).",
+    )
+    group.addoption(
+        "--taskbed-watchdog",
+        dest="taskbed_watchdog",
+        default=None,
+        type=float,
+        metavar="SECONDS",
+        help="real seconds each run of a taskbed test's event loop may take before the test "
+        "fails with WatchdogError, naming what is stuck (default 60; 0 turns it off). "
+        "Overrides @pytest.mark.taskbed(watchdog=...).",
     )
     parser.addini(
         "taskbed_democrai_standin",
@@ -93,21 +103,79 @@ def _remove_standin() -> None:
     uninstall_democrai_standin()
 
 
-@pytest.hookimpl(optionalhook=True)
+@pytest.hookimpl(optionalhook=True, wrapper=True)
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
-) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
-    """Tests that use a taskbed fixture run on a fresh virtual-time loop; others as before."""
-    if FIXTURE not in getattr(item, "fixturenames", ()):
-        return {"asyncio": asyncio.new_event_loop}
-    from ._clock import VirtualClock, new_virtual_loop
+) -> Generator[None, Any, Mapping[str, Callable[[], asyncio.AbstractEventLoop]] | None]:
+    """Tests that use a taskbed fixture run on a fresh virtual-time loop; others as before.
 
-    start = next(
-        (m.kwargs["start"] for m in item.iter_markers("taskbed") if "start" in m.kwargs), None
-    )
-    if start is None:
-        return {"taskbed": new_virtual_loop}
-    return {"taskbed": lambda: new_virtual_loop(VirtualClock(start))}
+    A wrapper around every other implementation of the hook (a project's conftest, another
+    plugin), so that whatever they answer, a taskbed test gets its virtual loop, and a test
+    that does not use taskbed gets exactly what they answered. With no other answer,
+    pytest-asyncio still needs one from us (it asks every async test once any implementation
+    exists): a factory that asks the active event loop policy, which is what it would have
+    done with no hook at all, so an ``event_loop_policy`` override keeps working.
+    """
+    others = yield
+    if FIXTURE not in getattr(item, "fixturenames", ()):
+        return others if others is not None else {"asyncio": _policy_loop}
+    from ._clock import DEFAULT_START, VirtualClock, new_virtual_loop
+
+    def closest(option: str, default: Any) -> Any:
+        markers = item.iter_markers("taskbed")  # closest first
+        return next((m.kwargs[option] for m in markers if option in m.kwargs), default)
+
+    start = closest("start", None)
+    start = DEFAULT_START if start is None else start
+    virtual_monotonic = closest("virtual_monotonic", None) is not False  # on unless turned off
+
+    def factory() -> asyncio.AbstractEventLoop:
+        return new_virtual_loop(VirtualClock(start, virtual_monotonic=virtual_monotonic))
+
+    # A test that picks factories by name (@pytest.mark.asyncio(loop_factories=[...])) gets
+    # the virtual loop under each of those names, instead of a skip for a missing name.
+    marker = item.get_closest_marker("asyncio")
+    names = marker.kwargs.get("loop_factories") if marker is not None else None
+    if isinstance(names, list | tuple) and names and all(isinstance(n, str) for n in names):
+        return dict.fromkeys(names, factory)
+    return {"taskbed": factory}
+
+
+def _policy_loop() -> asyncio.AbstractEventLoop:
+    """A new loop from the event loop policy in force (pytest-asyncio's default behaviour)."""
+    return asyncio.get_event_loop_policy().new_event_loop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """A taskbed test fails for every check or SDK call it never awaited.
+
+    Python only warns about a coroutine that never ran, when it is collected (and the warning
+    points wherever the collector happened to run), so a forgotten ``await`` would pass.
+    """
+    if FIXTURE not in getattr(item, "fixturenames", ()):
+        return (yield)
+    from ._awaits import NeverAwaitedError, collect_forgotten, forgotten_message
+
+    with collect_forgotten() as forgotten:
+        try:
+            yield
+        except BaseException as exc:
+            if forgotten:  # often the cause: a wait on what should have been a task id
+                exc.add_note(forgotten_message(forgotten))
+            raise
+    if forgotten:
+        raise NeverAwaitedError(forgotten_message(forgotten))
+    harness = getattr(item, "funcargs", {}).get(FIXTURE)
+    if harness is not None:
+        harness.check_awaited()
+
+
+def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    """Ctrl-C: teardown must not wait for stuck threads or processes (the run ends now)."""
+    from ._watchdog import interrupted
+
+    interrupted()
 
 
 def _cassette_path(node: pytest.Item) -> Path:
@@ -129,7 +197,10 @@ def _options(node: pytest.Item) -> Any:
         layers.append(dict(marker.kwargs))
     defaults: dict[str, Any] = {"cassette": _cassette_path(node)}
     cli_mode = node.config.getoption("taskbed_record")
-    overrides = {"record": cli_mode} if cli_mode is not None else {}
+    overrides: dict[str, Any] = {"record": cli_mode} if cli_mode is not None else {}
+    cli_watchdog = node.config.getoption("taskbed_watchdog")
+    if cli_watchdog is not None:
+        overrides["watchdog"] = cli_watchdog
     return HarnessOptions.merged([defaults, *layers, overrides])
 
 
@@ -156,6 +227,7 @@ async def taskbed(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     from ._harness import Harness
 
     harness = Harness(_options(request.node))
+    harness._from_pytest = True
     await harness.start()
     try:
         yield harness

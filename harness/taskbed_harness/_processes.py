@@ -25,6 +25,7 @@ import asyncio
 import base64
 import binascii
 import collections
+import contextlib
 import difflib
 import fnmatch
 import functools
@@ -75,6 +76,13 @@ _MODE_HELP: Final = {
 }
 
 _SANDBOX_PREFIX: Final = "MODULE_SDK_"
+
+
+def _real_perf_counter(_real: Callable[[], float] = time.perf_counter) -> float:
+    """Recording measures real durations: the real clock, bound at import, out of reach of
+    the virtual ``time.perf_counter`` of a test and of freezegun's patching."""
+    return _real()
+
 
 # Where the message of every harness error points (the lead's guide page).
 _DOCS: Final = "(see docs/guides/recording.md)"
@@ -146,6 +154,13 @@ _TOKEN_PATTERNS: Final = tuple(
         r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
     )
 )
+# A word that makes a field, parameter or header name secret (case-insensitive): password,
+# passwd, pass, pwd, secret, token, api_key / apikey / x-api-key, access_key, private_key,
+# auth and authorization (not author), credential(s), cookie.
+_CREDENTIAL_WORD: Final = (
+    r"(?:passw(?:or)?d|passphrase|secret|token|api[-_]?key|access[-_]?key|private[-_]?key"
+    r"|auth(?!or(?!i))|credential|cookie|(?<![a-z])pass(?![a-z])|(?<![a-z])pwd(?![a-z]))"
+)
 # Secrets that follow a marker: keep the marker, drop the value.
 _MARKED_PATTERNS: Final = tuple(
     re.compile(p)
@@ -153,10 +168,26 @@ _MARKED_PATTERNS: Final = tuple(
         r"(?i)(\bauthorization:\s*(?:bearer|token|basic)?\s*)\S+",
         r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/-]{8,}=*",
         r"(://[^/\s:@]+:)[^/\s@]+(?=@)",  # the password of scheme://user:password@host
+        r"(://)[^/\s:@<>]{16,}(?=@)",  # a token as the user: https://TOKEN@host
         r"(\b[A-Z0-9_]*(?:TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|API_?KEY|PRIVATE_KEY)"
         r"[A-Z0-9_]*=)[^\s\"']+",  # NAME_TOKEN=value, as `env` prints it
+        # ?access_token=... &api_key=... &X-Amz-Signature=... in a URL's query
+        rf"(?i)([?&;][\w.-]*(?:{_CREDENTIAL_WORD}|sig|signature)[\w.-]*=)[^&#\s\"'<>]+",
     )
 )
+# "password": "...", password=..., api_key: ..., X-API-Key: ... (JSON, YAML, INI, headers):
+# the value, quoted or not, after a secret-named field.
+_SECRET_FIELD: Final = re.compile(
+    rf"(?i)([\"']?\b[\w.-]*{_CREDENTIAL_WORD}[\w.-]*[\"']?\s*[:=]\s*)"
+    r"(\"(?:[^\"\\]|\\.)*\"|'[^']*'|(?!<redacted>)[^\s,;&\"'}<>\]]+)"
+)
+# Programs whose short option -pSECRET (attached) is a password (and -p alone prompts).
+_PASSWORD_P_PROGRAMS: Final = frozenset(
+    {"mysql", "mysqldump", "mysqladmin", "mysqlimport", "mysqlshow", "mysqlcheck", "mariadb"}
+)
+# Programs whose -u/--user/--proxy-user take user:password (curl's basic auth).
+_USER_COLON_PROGRAMS: Final = frozenset({"curl"})
+_USER_FLAGS: Final = frozenset({"-u", "--user", "-U", "--proxy-user"})
 # Candidates for the entropy test: long runs of base64 / URL-safe characters.
 _HIGH_ENTROPY_CANDIDATE: Final = re.compile(r"[A-Za-z0-9+/_=-]{32,}")
 # Measured on random strings of 32 characters (alphanumeric or base64url), about 1% of which
@@ -214,7 +245,11 @@ class _Redactor:
         self._keys = _NameSet(redact_keys)
 
     def secret_name(self, name: str) -> bool:
-        return name in self._keys or _SECRET_NAME.search(name) is not None
+        if name in self._keys or _SECRET_NAME.search(name) is not None:
+            return True
+        # DB_PASS, SMTP_PW, MYSQL_PWD; but not PWD and OLDPWD, the working directories
+        parts = re.split(r"[_.-]", name.upper())
+        return name.upper() not in ("PWD", "OLDPWD") and bool({"PASS", "PW", "PWD"} & set(parts))
 
     def secret_values(self, env: Mapping[str, str], argv: Sequence[str] = ()) -> list[str]:
         """The values to scrub from argv and output: longest first, so none hides another."""
@@ -230,6 +265,7 @@ class _Redactor:
             value = pattern.sub(REDACTED, value)
         for pattern in _MARKED_PATTERNS:
             value = pattern.sub(lambda m: m.group(1) + REDACTED, value)
+        value = _SECRET_FIELD.sub(_redact_field, value)
         return _HIGH_ENTROPY_CANDIDATE.sub(
             lambda m: REDACTED if _looks_random(m.group()) else m.group(), value
         )
@@ -257,19 +293,40 @@ class _Redactor:
         }
 
 
+def _redact_field(match: re.Match[str]) -> str:
+    value = match.group(2)
+    quote = value[0] if value[:1] in ("'", '"') else ""
+    return f"{match.group(1)}{quote}{REDACTED}{quote}"
+
+
 def _flagged(argv: Sequence[str]) -> Iterator[tuple[int, str, str]]:
-    """Secrets given on a command line, ``--token VALUE`` and ``--password=VALUE``.
+    """Secrets given on a command line: ``--token VALUE``, ``--password=VALUE``, and the
+    password of ``mysql -pSECRET`` and ``curl -u user:SECRET``.
 
     Yields (index, what to keep of the token, the secret value).
     """
-    after_flag = False
+    program = os.path.basename(argv[0]) if argv else ""
+    after_flag = after_user = False
     for index, token in enumerate(argv):
         option = _SECRET_OPTION.match(token)
         if after_flag and not token.startswith("-"):
             yield index, "", token
+        elif after_user and ":" in token:
+            user, _, secret = token.partition(":")
+            yield index, user + ":", secret
         elif option:
             yield index, option.group(1), token[option.end(1) :]
+        elif program in _PASSWORD_P_PROGRAMS and token.startswith("-p") and len(token) > 2:
+            yield index, "-p", token[2:]
+        elif program in _USER_COLON_PROGRAMS and ":" in token:
+            for flag in _USER_FLAGS:
+                glued = flag + "=" if flag.startswith("--") else flag
+                if token.startswith(glued) and len(token) > len(glued):
+                    user, _, secret = token[len(glued) :].partition(":")
+                    yield index, glued + user + ":", secret
+                    break
         after_flag = _SECRET_FLAG.match(token) is not None
+        after_user = program in _USER_COLON_PROGRAMS and token in _USER_FLAGS
 
 
 class _NameSet:
@@ -554,7 +611,12 @@ def _write_cassette(path: Path, recordings: Sequence[_Recording]) -> None:
     text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = path.with_name(path.name + ".tmp")
-    scratch.write_text(text, encoding="utf-8")
+    # Owner-only (0600), from the first byte: a cassette may hold what redaction missed.
+    with contextlib.suppress(FileNotFoundError):
+        scratch.unlink()
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(text)
     os.replace(scratch, path)  # readers never see half a cassette
 
 
@@ -786,8 +848,15 @@ class RecordedProcessRunner:
         return ProcessResult(rec.returncode, out, err)
 
     async def _record(self, call: ProcessCall, relevant: dict[str, str]) -> ProcessResult:
+        """Run the call for real, store it, then let virtual time pass as replay will.
+
+        The rule, the same in both modes: a recorded command takes its recorded duration of
+        virtual time (a timed-out one, its timeout). While it really runs, virtual time stands
+        still (a process is in flight); once it is stored, the clock moves on by the stored
+        duration, exactly as a replay of the cassette does.
+        """
         real = self._real_runner()
-        start = time.perf_counter()
+        start = _real_perf_counter()
         try:
             result = await real.run(
                 call.argv, cwd=call.cwd, env=call.env, timeout=call.timeout,
@@ -795,11 +864,14 @@ class RecordedProcessRunner:
             )  # fmt: skip
         except subprocess.TimeoutExpired as exc:
             self._append(
-                call, relevant, time.perf_counter() - start,
+                call, relevant, _real_perf_counter() - start,
                 ProcessResult(-1, _bytes(exc.output), _bytes(exc.stderr)), timed_out=True,
             )  # fmt: skip
+            assert call.timeout is not None  # only a call with a timeout times out
+            await self._sleep(call.timeout)
             raise
-        self._append(call, relevant, time.perf_counter() - start, result, timed_out=False)
+        stored = self._append(call, relevant, _real_perf_counter() - start, result, timed_out=False)
+        await self._sleep(stored.duration)
         return result  # the caller gets the real, unredacted result while recording
 
     def _append(
@@ -810,9 +882,12 @@ class RecordedProcessRunner:
         result: ProcessResult,
         *,
         timed_out: bool,
-    ) -> None:
+    ) -> _Recording:
         redact = self._redactor
         secrets = redact.secret_values(call.env, call.argv)
+        duration = round(duration, 3)
+        if call.timeout is not None and not timed_out:
+            duration = min(duration, call.timeout)  # rounding must not make a replay time out
         recording = _Recording(
             argv=list[str | _Wildcard](redact.argv(call.argv, secrets)),
             cwd=None if call.cwd is None else redact.text(call.cwd, secrets),
@@ -820,7 +895,7 @@ class RecordedProcessRunner:
             returncode=None if timed_out else result.returncode,
             stdout=redact.data(result.stdout, secrets),
             stderr=redact.data(result.stderr, secrets),
-            duration=round(duration, 3),
+            duration=duration,
             timed_out=timed_out,
             timeout=None if call.timeout is None else float(call.timeout),
             capture_output=call.capture_output,
@@ -830,6 +905,7 @@ class RecordedProcessRunner:
         self._recordings.append(recording)
         assert self.cassette is not None  # recording modes require a cassette
         _write_cassette(self.cassette, self._recordings)
+        return recording
 
     def _real_runner(self) -> ProcessRunner:
         if self._real is None:
@@ -880,7 +956,9 @@ class RecordedProcessRunner:
         else:
             lines.append("closest recordings: none (nothing is recorded or registered)")
         if self.cassette is not None:
-            lines.append(f"to record it: {self._rerecord('new')}")
+            # `once` records only into a cassette that does not exist yet; `new` appends.
+            mode = "new" if self.cassette.exists() else "once"
+            lines.append(f"to record it: {self._rerecord(mode)}")
         else:
             lines.append(
                 f"to expect it: runner.register({_show_argv(call.argv)}, returncode=0, "

@@ -8,7 +8,10 @@ from ._context import RequestContext as RequestContext
 from ._context import current_request as current_request
 from ._context import current_sdk_var as current_sdk_var
 from ._effects import Effects as Effects
+from ._errors import AsyncFunctionError as AsyncFunctionError
+from ._errors import CoroutineReusedError as CoroutineReusedError
 from ._errors import InvalidCommandError as InvalidCommandError
+from ._errors import InvalidEnvironmentError as InvalidEnvironmentError
 from ._errors import InvalidProgressError as InvalidProgressError
 from ._errors import InvalidSubmissionError as InvalidSubmissionError
 from ._errors import InvalidTaskKeyError as InvalidTaskKeyError
@@ -19,6 +22,7 @@ from ._errors import MissingUserError as MissingUserError
 from ._errors import NotSerializableError as NotSerializableError
 from ._errors import SandboxViolationError as SandboxViolationError
 from ._errors import TaskbedError as TaskbedError
+from ._errors import TaskKeyRefusedError as TaskKeyRefusedError
 from ._errors import TokenRefusedError as TokenRefusedError
 from ._errors import UnknownTaskError as UnknownTaskError
 from ._errors import UnknownTaskNameError as UnknownTaskNameError
@@ -63,15 +67,18 @@ __all__ = (
     "DEFAULT_NAMESPACES",
     "TERMINAL",
     "TRANSITIONS",
+    "AsyncFunctionError",
     "Broadcaster",
     "ClientChannel",
     "Clock",
     "Connection",
     "ConnectionRegistry",
+    "CoroutineReusedError",
     "Effects",
     "Host",
     "I18n",
     "InvalidCommandError",
+    "InvalidEnvironmentError",
     "InvalidProgressError",
     "InvalidSubmissionError",
     "InvalidTaskKeyError",
@@ -96,6 +103,7 @@ __all__ = (
     "SQLiteStore",
     "SandboxViolationError",
     "TaskEvent",
+    "TaskKeyRefusedError",
     "TaskManager",
     "TaskRecord",
     "TaskStatus",

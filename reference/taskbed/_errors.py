@@ -36,12 +36,23 @@ class InvalidSubmissionError(TaskbedError, ValueError):
     """``run_background`` was given something that is neither a coroutine nor a task name."""
 
 
+class CoroutineReusedError(InvalidSubmissionError):
+    """``run_background`` was given a coroutine object that was already submitted or started.
+
+    A coroutine object runs once; it is left as it is (it belongs to the task that runs it).
+    """
+
+
 class UnknownTaskNameError(TaskbedError, ValueError):
     """``run_background`` was given a name that no ``register_task`` call registered."""
 
 
 class InvalidTaskKeyError(TaskbedError, TypeError, ValueError):
     """A ``task_key`` that is not a string (both a TypeError and a ValueError)."""
+
+
+class TaskKeyRefusedError(TaskbedError, ValueError):
+    """A ``task_key`` string that no store can keep as it is: too long, or a lone surrogate."""
 
 
 class InvalidCommandError(TaskbedError, TypeError):
@@ -52,12 +63,20 @@ class InvalidTokenError(TaskbedError, ValueError):
     """A ``run_subprocess`` command with an empty or blank token."""
 
 
+class InvalidEnvironmentError(TaskbedError, ValueError):
+    """A ``run_subprocess`` env entry no environment can hold: an empty name, ``=`` or NUL."""
+
+
 class InvalidProgressError(TaskbedError, ValueError):
     """A progress value that is not a finite number."""
 
 
 class NotSerializableError(TaskbedError, TypeError):
     """A checkpoint or result that JSON cannot represent."""
+
+
+class AsyncFunctionError(TaskbedError, TypeError):
+    """``run_blocking`` was given something async (a coroutine function, an awaitable)."""
 
 
 class UnknownTaskError(TaskbedError, ValueError):

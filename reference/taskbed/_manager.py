@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -28,8 +27,8 @@ from ._model import (
     Message,
     Owner,
     TaskRecord,
-    check_json,
     confirmation_message,
+    json_copy,
     outcome_message,
     progress_message,
     scope,
@@ -128,6 +127,16 @@ def new_task_id() -> str:
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
+#: A task id no task has (ids are UUIDs).
+_NO_TASK_ID = "\0taskbed: no such task"
+#: The row a client command is compared with when no task has its id (OWN-6): its owner is
+#: nobody's, and it is compared all the same, so a refusal costs what it costs for a task of
+#: someone else.
+_NO_TASK = TaskRecord(
+    _NO_TASK_ID, _NO_TASK_ID, _NO_TASK_ID, "", "", None, "", 0.0, {}, None, None, 0.0, 0.0
+)
+
+
 def same_owner(a: Owner, b: Owner) -> bool:
     return scope(a.user_id) == scope(b.user_id) and scope(a.organization_id) == scope(
         b.organization_id
@@ -161,6 +170,9 @@ class TaskManager:
         self.runtime_id = uuid.uuid4().hex
         self.lease_seconds = lease_seconds
         self._local: dict[str, _Local] = {}
+        #: The id of a task the store holds, for the second lookup of a client command that
+        #: names no task (see ``handle_client_message``).
+        self._decoy = _NO_TASK_ID
         self._heartbeat: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ life of the manager
@@ -275,6 +287,7 @@ class TaskManager:
         except BaseException:
             work.discard()
             raise
+        self._decoy = record.id
         if self.channel.wants(owner, durable=False):  # no connection: no message to build
             self.channel.publish(owner, started_message(record), durable=False)
         return record.id
@@ -294,8 +307,7 @@ class TaskManager:
             started = True
             result = await work.start()
             if type(result) not in _JSON_AS_IS:  # None, bool, str survive the round trip as is
-                check_json(result, "the task's result", "BG-5")
-                result = json.loads(json.dumps(result))
+                result = json_copy(result, "the task's result", "BG-5")
         except asyncio.CancelledError:
             self._finish(record, TaskEvent.INTERRUPT, error=local.interrupt_error)
         except Exception as exc:  # noqa: BLE001 - the task failed; the runtime carries on (BG-6)
@@ -429,11 +441,26 @@ class TaskManager:
     async def handle_client_message(
         self, conn: Connection, command: str, body: dict[str, Any]
     ) -> None:
-        """Act on a client command, if it comes from the task's owner; else ignore it (OWN)."""
-        record = self._record(body["taskId"])
-        if record is None or not same_owner(record.owner, conn.owner):
+        """Act on a client command, if it comes from the task's owner; else ignore it (OWN).
+
+        Whether the task exists, runs here, ended, or runs elsewhere, the decision takes one
+        path (OWN-6), so the time a refusal takes does not tell a foreign client whether the
+        id names a task: the local map and the store are both consulted, then the store once
+        more, for an id that misses when the first lookup hit and for one that hits (a task
+        seen before) when it missed. Every command costs one hit and one miss; the owner is
+        compared with the row's or, for no row, with one nobody has.
+        """
+        task_id = body["taskId"]
+        if not isinstance(task_id, str):
+            task_id = _NO_TASK_ID  # no task has it; the same lookups follow
+        local = self._local.get(task_id)
+        stored = self.store.get(task_id)  # even when local has it: the same work either way
+        self.store.get(_NO_TASK_ID if stored is not None else self._decoy)
+        if stored is not None:
+            self._decoy = task_id
+        record = local.record if local is not None else stored
+        if not same_owner((record or _NO_TASK).owner, conn.owner) or record is None:
             return
-        local = self._local.get(record.id)
         if command == "backgroundTaskGet":
             conn.deliver(self._snapshot(record, local))
         elif command == "backgroundTaskCancel":

@@ -136,16 +136,52 @@ def label_of(ts: float) -> str:
 # ---------------------------------------------------------------- validation
 
 
-def check_json(value: object, what: str, rule: str) -> None:
-    """Raise NotSerializableError unless *value* survives ``json.dumps`` unchanged in kind."""
+class _MergedKeys(ValueError):
+    """Two keys of one mapping became the same JSON string (found while reading it back)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        merged = ""
+        for key, _ in pairs:
+            if key in seen:
+                merged = key
+                break
+            seen.add(key)
+        raise _MergedKeys(
+            f"two keys of one mapping both become the JSON key {json.dumps(merged)} (a key "
+            'that is not a string and one that is, such as 1 and "1"), so one value '
+            "would be lost"
+        )
+    return obj
+
+
+def json_copy(value: object, what: str, rule: str) -> Any:
+    """What JSON gives back for *value*, or NotSerializableError if JSON cannot hold it exactly.
+
+    Refused: what ``json.dumps`` refuses (sets, datetimes, ``nan``, cycles), nesting too deep
+    for the encoder, and mappings whose keys merge once JSON turns them into strings
+    (``{1: "a", "1": "b"}`` would silently read back as ``{"1": "b"}``; BG-13). What JSON does
+    keep, it gives back as JSON types: a tuple reads back as a list, ``{1: "a"}`` as
+    ``{"1": "a"}``.
+    """
     try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        return json.loads(json.dumps(value, allow_nan=False), object_pairs_hook=_unique_keys)
+    except (TypeError, ValueError, RecursionError) as exc:
+        if isinstance(exc, _MergedKeys):
+            rule = "BG-13"
+            hint = "Give every key its own string, e.g. {str(k): v for k, v in value.items()}."
+        elif isinstance(exc, RecursionError):
+            exc = RecursionError("nested too deeply for the JSON encoder")
+            hint = "Flatten it, or store a reference to the data instead of the data."
+        else:
+            hint = "Convert it first, e.g. str(value) or value.isoformat()."
         page = "progress" if rule.startswith("PROG") else "submission"
         raise NotSerializableError(
-            f"{what} must be JSON-serialisable (dicts, lists, str, int, finite float, bool, "
-            f"None): {exc}. Convert it first, e.g. str(value) or value.isoformat(). "
-            + see(page, rule)
+            f"{what} must be JSON-serialisable, exactly (dicts with distinct keys, lists, str, "
+            f"int, finite float, bool, None): {exc}. {hint} " + see(page, rule)
         ) from None
 
 
@@ -156,7 +192,15 @@ def clamp_progress(progress: object) -> float:
             f"progress must be a number between 0.0 and 1.0, got {progress!r}; "
             "call update_progress(task_id, 0.5) " + see("progress", "PROG-2")
         )
-    value = float(progress)
+    try:
+        value = float(progress)
+    except OverflowError:  # an int beyond float's range: JSON cannot hold it as a number
+        digits = int(int(progress).bit_length() * math.log10(2)) + 1  # str() may refuse to convert
+        raise InvalidProgressError(
+            f"progress must be a number between 0.0 and 1.0, got an int of about {digits} digits "
+            "that no float can hold; pass a fraction, update_progress(task_id, done / total) "
+            + see("progress", "PROG-6")
+        ) from None
     if not math.isfinite(value):
         raise InvalidProgressError(
             f"progress must be finite, got {value!r}; the stored progress is unchanged "

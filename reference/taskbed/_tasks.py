@@ -7,18 +7,23 @@ creates no row, sends no message, starts no process and closes the coroutine it 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import locale
 import os
 import subprocess
+import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 from . import ui
 from ._context import RequestContext, current_request, sdk_variable
 from ._errors import (
+    AsyncFunctionError,
+    CoroutineReusedError,
     InvalidCommandError,
+    InvalidEnvironmentError,
     InvalidSubmissionError,
     InvalidTaskKeyError,
     InvalidTokenError,
@@ -26,12 +31,13 @@ from ._errors import (
     MissingUserError,
     NotSerializableError,
     SandboxViolationError,
+    TaskKeyRefusedError,
     UnknownTaskNameError,
     see,
 )
 from ._host import Host
 from ._manager import CoroutineWork, TaskManager, Work
-from ._model import DEFAULT_LABEL, Owner, check_json, clamp_progress, serialize
+from ._model import DEFAULT_LABEL, Owner, clamp_progress, json_copy, serialize
 from ._ports import ProcessResult
 
 P = ParamSpec("P")
@@ -39,6 +45,15 @@ T = TypeVar("T")
 
 #: The sandbox variables, in the reference's names (an adapter maps other implementations').
 SANDBOX_PREFIX = "MODULE_SDK_"
+
+#: The longest ``task_key``, in UTF-8 bytes (BG-14): far above any real key, far below what
+#: makes a store grow without bound (a 10 MB key once grew a SQLite file by 63 MB).
+MAX_TASK_KEY_BYTES = 1024
+
+#: Coroutine objects accepted by ``run_background`` that may not have started yet: a second
+#: submission of one of them is refused (BG-12) instead of closing it under the task that owns
+#: it. Weak: a coroutine leaves the set when it is dropped; once it starts, its state says it.
+_accepted: weakref.WeakSet[Coroutine[Any, Any, Any]] = weakref.WeakSet()
 
 
 # (the raw os.environ it was decoded from, that environment less the sandbox variables)
@@ -93,6 +108,93 @@ def _close(obj: object) -> None:
         obj.close()
 
 
+def _check_fresh(coro: Coroutine[Any, Any, Any]) -> None:
+    """Refuse a coroutine object that was submitted before or has started (BG-12)."""
+    state = inspect.getcoroutinestate(coro)
+    if state == inspect.CORO_CREATED and coro not in _accepted:
+        return
+    name = getattr(coro, "__name__", "job")
+    how = {
+        inspect.CORO_CREATED: "was already submitted",
+        inspect.CORO_SUSPENDED: "has already started (it is running somewhere)",
+        inspect.CORO_RUNNING: "is the one running this call",
+        inspect.CORO_CLOSED: "has already finished or been closed",
+    }[state]
+    raise CoroutineReusedError(
+        f"this coroutine object {how}; a coroutine object runs only once. Call the coroutine "
+        f"function again for each submission: run_background({name}(...)), not "
+        f"c = {name}(...) then run_background(c) twice. It was left as it is "
+        + see("submission", "BG-12")
+    )
+
+
+def _check_key_text(task_key: str) -> None:
+    """Refuse a key that a store could not keep as it is (BG-14); every store sees the same."""
+    try:
+        size = len(task_key.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise TaskKeyRefusedError(
+            f"task_key holds a lone surrogate {task_key[exc.start]!r} at index {exc.start}, "
+            "which is not text any store can keep; build the key from real text, e.g. "
+            'task_key=f"reports.{report_id}" ' + see("submission", "BG-14")
+        ) from None
+    if size > MAX_TASK_KEY_BYTES:
+        raise TaskKeyRefusedError(
+            f"task_key is {size} bytes in UTF-8, over the limit of {MAX_TASK_KEY_BYTES}; "
+            'key on an id, not on the data: task_key=f"reports.{report_id}" or a digest, '
+            "task_key=hashlib.sha256(data).hexdigest() " + see("submission", "BG-14")
+        )
+
+
+def _is_async(func: object) -> bool:
+    if inspect.isawaitable(func):
+        return True
+    if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
+        return True
+    if callable(func) and not inspect.isroutine(func):  # an object with an async __call__
+        return inspect.iscoroutinefunction(type(func).__call__)
+    return False
+
+
+def _async_refusal(func: object, *, returned: bool = False) -> AsyncFunctionError:
+    inner = func
+    while isinstance(inner, functools.partial):
+        inner = inner.func
+    name = getattr(inner, "__name__", None) or type(inner).__name__
+    if returned:
+        what = f"{name} returned a coroutine, which a worker thread cannot run (it was closed)"
+        fix = "await the coroutine function directly: await job(x)"
+    elif inspect.isawaitable(func):
+        what = f"expected a callable, got an awaitable ({type(func).__name__}) that it cannot run"
+        fix = (
+            "for a blocking function pass it and its arguments, run_blocking(func, arg) and not "
+            f"run_blocking(func(arg)); for async code await it directly: await {name}(x)"
+        )
+    else:
+        what = f"{name} is an async function, which a worker thread cannot run"
+        fix = (
+            f"await it directly: await {name}(x) and not run_blocking({name}, x); "
+            "run_blocking is for blocking functions such as run_blocking(time.sleep, 1)"
+        )
+    return AsyncFunctionError(f"run_blocking {what}; {fix} " + see("blocking", "BLOCK-6"))
+
+
+def _check_env_entry(name: str, value: str) -> None:
+    """Refuse an env entry that no process environment can hold as given (CMD-11)."""
+    if not name or "=" in name or "\0" in name:
+        why = "is empty" if not name else "holds '='" if "=" in name else "holds a NUL byte"
+        raise InvalidEnvironmentError(
+            f"env name {name!r} {why}, so it cannot be an environment variable; "
+            "names are non-empty, without '=' or NUL: env={'NAME': 'value'} "
+            + see("commands", "CMD-11")
+        )
+    if "\0" in value:
+        raise InvalidEnvironmentError(
+            f"env value of {name} holds a NUL byte, which no environment can hold; drop it: "
+            f"env={{{name!r}: value.replace('\\0', '')}} " + see("commands", "CMD-11")
+        )
+
+
 def _decode(data: bytes | None) -> str | None:
     # As subprocess does in text mode: the locale's encoding, universal newlines.
     if data is None:
@@ -132,6 +234,21 @@ class Tasks:
     def _context(self) -> RequestContext | None:
         return current_request()
 
+    # The checks of bad input, one each, as seams (tests/test_teeth.py swaps them out).
+
+    @staticmethod
+    def _check_coroutine(coro: Coroutine[Any, Any, Any]) -> None:
+        _check_fresh(coro)
+
+    @staticmethod
+    def _check_task_key(task_key: str) -> None:
+        _check_key_text(task_key)
+
+    @staticmethod
+    def _check_env(env: dict[str, str]) -> None:
+        for name, value in env.items():
+            _check_env_entry(name, value)
+
     # ------------------------------------------------------------ background work
 
     async def run_background(
@@ -166,11 +283,15 @@ class Tasks:
                     f"task_key must be a string, got {type(task_key).__name__} {task_key!r}; "
                     f'use task_key=f"{self._module}.<job>.{{id}}" ' + see("dedup", "DEDUP-5")
                 )
+            if task_key:
+                self._check_task_key(task_key)
             if not isinstance(label, str):
                 raise InvalidSubmissionError(
                     f"label must be a string, got {label!r} " + see("submission", "BG-1")
                 )
             work = self._work(coro_or_name, kwargs)
+        except CoroutineReusedError:
+            raise  # the coroutine belongs to the task that runs it: not ours to close
         except BaseException:
             _close(coro_or_name)
             raise
@@ -194,12 +315,14 @@ class Tasks:
 
     def _work(self, target: object, kwargs: dict[str, Any]) -> Work:
         if inspect.iscoroutine(target):
+            self._check_coroutine(target)
             if kwargs:
                 raise InvalidSubmissionError(
                     f"keyword arguments {sorted(kwargs)} go to a registered task name, not to a "
                     "coroutine; pass them to the coroutine function instead: "
                     "run_background(job(x=1)) " + see("submission", "BG-2")
                 )
+            _accepted.add(target)
             return CoroutineWork(target)
         if isinstance(target, str):
             func = self._runtime.registered_task(target)
@@ -237,8 +360,13 @@ class Tasks:
         inside; what the function sets stays inside.
 
         Raises:
-            TypeError: *func* is not callable (``run_blocking(f())`` for ``run_blocking(f)``).
+            TypeError: *func* is not callable (``run_blocking(f())`` for ``run_blocking(f)``),
+                or it is async: a coroutine function, an awaitable, or a function that
+                returned a coroutine (``await`` those instead).
         """
+        if _is_async(func):
+            _close(func)
+            raise _async_refusal(func)
         if not callable(func):
             _close(func)
             raise TypeError(
@@ -247,8 +375,13 @@ class Tasks:
                 "run_blocking(func(arg)) " + see("blocking", "BLOCK-4")
             )
         if self.sdk is None or sdk_variable().get() is self.sdk:
-            return await self._runtime.pool.run(func, *args, **kwargs)
-        return await self._runtime.pool.run(_with_sdk, self.sdk, func, *args, **kwargs)
+            value = await self._runtime.pool.run(func, *args, **kwargs)
+        else:
+            value = await self._runtime.pool.run(_with_sdk, self.sdk, func, *args, **kwargs)
+        if inspect.iscoroutine(value):  # e.g. run_blocking(lambda: job()): it ran nowhere
+            value.close()
+            raise _async_refusal(func, returned=True)
+        return value
 
     # ------------------------------------------------------------ subprocesses
 
@@ -339,6 +472,8 @@ class Tasks:
                 f"env must be a dict of str to str, got {env!r}; write env={{'NAME': 'value'}} "
                 + see("commands", "CMD-7")
             )
+        if env:
+            self._check_env(env)
         merged = _parent_environment()
         if env:
             merged.update((k, v) for k, v in env.items() if not k.startswith(SANDBOX_PREFIX))
@@ -407,8 +542,7 @@ class Tasks:
                     f"checkpoint must be a dict, got {type(checkpoint).__name__}; write "
                     "checkpoint={'done': 10} " + see("progress", "PROG-3")
                 )
-            check_json(checkpoint, "checkpoint", "PROG-3")
-            checkpoint = json.loads(json.dumps(checkpoint))
+            checkpoint = json_copy(checkpoint, "checkpoint", "PROG-3")
         if label is not None and not isinstance(label, str):
             raise TypeError(f"label must be a string, got {label!r}")
         manager = self._manager

@@ -21,13 +21,17 @@ class WorkerPool:
     caller nor a later call that lands on the same pool thread. Prior art: ``asyncio.to_thread``.
     """
 
+    #: The executor each pool makes (a seam: the harness swaps in one whose stuck threads it
+    #: can let go, so a hung test cannot keep the interpreter from exiting).
+    executor_class: type[ThreadPoolExecutor] = ThreadPoolExecutor
+
     def __init__(self, max_workers: int | None = None) -> None:
         self._max_workers = max_workers
         self._executor: ThreadPoolExecutor | None = None
 
     async def run(self, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(self._max_workers, "taskbed-worker")
+            self._executor = self.executor_class(self._max_workers, "taskbed-worker")
         loop = asyncio.get_running_loop()
         call = functools.partial(contextvars.copy_context().run, func, *args, **kwargs)
         return await loop.run_in_executor(self._executor, call)

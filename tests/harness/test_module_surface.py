@@ -145,6 +145,28 @@ async def test_i18n_t_has_the_platform_signature(taskbed: Harness) -> None:
 
 
 @pytest.mark.asyncio
+@pytest.mark.taskbed(language="it", translations={"it": {"k": "ciao"}, "en": {"k": "hi"}})
+async def test_the_language_option_and_a_session_of_ones_own(taskbed: Harness) -> None:
+    async with taskbed.request() as sdk:
+        assert sdk.i18n.t("k") == "ciao"
+    english = {**taskbed.session(user=3), "user_language": "en"}
+    async with taskbed.request(session=english) as sdk:
+        assert sdk.session is english
+        assert sdk.i18n.t("k") == "hi"
+    taskbed.add_translations("fr", {"k": "salut"})
+    assert (
+        await taskbed.call_action(
+            lambda ctx, session, module_sdk: _t(module_sdk, "k"), session={"user_language": "fr"}
+        )
+        == "salut"
+    )
+
+
+async def _t(sdk: ModuleSDK, key: str) -> str:
+    return sdk.i18n.t(key)
+
+
+@pytest.mark.asyncio
 async def test_media_view_reads_registered_blobs_and_names_an_unknown_ref(
     taskbed: Harness,
 ) -> None:

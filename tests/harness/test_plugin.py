@@ -26,7 +26,7 @@ def run(
         """
     )
     pytester.makepyfile(test_module=HEADER + source)
-    return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=300)
 
 
 def test_fixtures_work_with_no_conftest_in_strict_mode(pytester: pytest.Pytester) -> None:
