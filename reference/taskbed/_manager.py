@@ -128,7 +128,7 @@ def new_task_id() -> str:
 
 
 #: A task id no task has (ids are UUIDs).
-_NO_TASK_ID = "\0taskbed: no such task"
+_NO_TASK_ID = "taskbed: no such task"  # not a UUID; no NUL (PostgreSQL text refuses it)
 #: The row a client command is compared with when no task has its id (OWN-6): its owner is
 #: nobody's, and it is compared all the same, so a refusal costs what it costs for a task of
 #: someone else.
