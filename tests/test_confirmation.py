@@ -8,6 +8,7 @@ an event before it returns, so the test can look at the row between answer and c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -373,3 +374,38 @@ async def test_stopping_the_runtime_while_waiting_interrupts(
     assert row.status == "interrupted"
     assert [type(e) for e in asker.raised] == [asyncio.CancelledError]
     assert list(owner.messages[-1]) == ["backgroundTaskError"]
+
+
+# ---------------------------------------------------------------- CONF-6
+
+
+@pytest.mark.rule("CONF-6")
+@pytest.mark.asyncio
+async def test_an_answer_after_a_timed_out_question_does_not_answer_the_next(
+    rt: Runtime, request_as: RequestAs
+) -> None:
+    conn = rt.connect(7, 10)
+    timed_out, go_on = asyncio.Event(), asyncio.Event()
+    own_id: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    async with request_as() as sdk:
+
+        async def job() -> Any:
+            task_id = await own_id
+            question = ui.Builder().add(ui.Text("First?"))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sdk.tasks.request_confirmation(task_id, question), 0.05)
+            timed_out.set()
+            await go_on.wait()
+            return await sdk.tasks.request_confirmation(task_id, ui.Builder().add(ui.Text("2?")))
+
+        task_id = await sdk.tasks.run_background(job(), "Twice")
+        own_id.set_result(task_id)
+    await timed_out.wait()
+    await conn.send({"backgroundTaskResponse": {"taskId": task_id, "response": "late"}})
+    go_on.set()
+    await until(lambda: len(confirmations(conn)) == 2)
+    await asyncio.sleep(0.05)
+    assert status(rt, task_id) == "waiting_confirmation"
+    await conn.send({"backgroundTaskResponse": {"taskId": task_id, "response": "fresh"}})
+    done = await rt.wait(task_id, timeout=2)
+    assert (done["status"], done["result"]) == ("completed", "fresh")

@@ -537,3 +537,34 @@ def test_concurrent_submissions_from_processes_create_one_task(tmp_path: Path) -
         assert len(store.find_by_key_prefix("", 10)) == 1
     finally:
         store.close()
+
+
+# ---------------------------------------------------------------- DEDUP-7
+
+
+@pytest.mark.rule("DEDUP-7")
+@pytest.mark.asyncio
+async def test_two_live_runtimes_on_one_file_share_their_keys(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.db"
+    release = asyncio.Event()
+    async with Runtime(SQLiteStore(path)) as a, Runtime(SQLiteStore(path)) as b:
+        sdk_a = a.sdk(session=make_session(7, 10), module="mod")
+        sdk_b = b.sdk(session=make_session(8, 10), module="mod")
+        held = await sdk_a.tasks.run_background(hold(release, "a"), task_key="import")
+        duplicate = hold(release, "b")
+        assert await sdk_b.tasks.run_background(duplicate, task_key="import") == held
+        assert inspect.getcoroutinestate(duplicate) == inspect.CORO_CLOSED
+        jobs = [hold(release, n) for n in range(6)]
+        ids = await asyncio.gather(
+            *(
+                (sdk_a if n % 2 else sdk_b).tasks.run_background(job, task_key="race")
+                for n, job in enumerate(jobs)
+            )
+        )
+        assert len(set(ids)) == 1
+        assert sum(inspect.getcoroutinestate(j) != inspect.CORO_CLOSED for j in jobs) == 1
+        assert [r["id"] for r in sdk_b.tasks.get_tasks_by_key("race", 10)] == [ids[0]]
+        release.set()
+        assert (await a.wait(held, timeout=2))["result"] == "a"
+    a.store.close()
+    b.store.close()

@@ -23,8 +23,15 @@ from pathlib import Path
 
 import pytest
 
-from taskbed_harness import RECORD_MODES, HarnessOptions, strategies
-from taskbed_harness._adapters import CAPABILITIES, SANDBOX_VARIABLES, Implementation
+from taskbed_harness import (
+    CAPABILITIES,
+    RECORD_MODES,
+    SANDBOX_VARIABLES,
+    Adapter,
+    HarnessOptions,
+    as_adapter,
+    strategies,
+)
 from taskbed_harness._cli import main
 from taskbed_harness._spec import load_rules
 
@@ -199,7 +206,7 @@ def test_the_adapter_example_gets_the_documented_report(
     outcomes = report_outcomes(text)
     rules = load_rules()
     assert set(outcomes) == {r.id for r in rules}
-    needs_restart = {r.id for r in rules if r.requires & {"restart", "websocket"}}
+    needs_restart = {r.id for r in rules if {"restart", "peer", "websocket"} & r.requires}
     assert {i for i, o in outcomes.items() if o == "skipped"} == needs_restart
     assert {i for i, o in outcomes.items() if o == "deviation"} == {"BG-10"}
     assert {i for i, o in outcomes.items() if o not in ("skipped", "deviation")} == (
@@ -252,7 +259,8 @@ def test_the_example_adapter_maps_every_sandbox_variable() -> None:
     finally:
         sys.path.remove(str(EXAMPLES))
     adapter = my_adapter.make()
-    assert isinstance(adapter, Implementation)
+    assert isinstance(adapter, Adapter)
+    assert as_adapter(adapter) is adapter
     assert set(adapter.sandbox_names) == set(SANDBOX_VARIABLES)
     assert adapter.capabilities <= set(CAPABILITIES)
 
@@ -279,10 +287,10 @@ def test_the_recording_guide_lists_every_record_mode() -> None:
 
 def test_the_conformance_guide_covers_the_whole_protocol() -> None:
     page = guide("conformance.md")
-    capabilities = section(page, "The `Implementation` protocol")
+    capabilities = section(page, "The `Adapter` protocol")
     assert set(CAPABILITIES) <= table_names(capabilities)
-    members = {n for n in dir(Implementation) if not n.startswith("_")}
-    members |= set(Implementation.__annotations__)
+    members = {n for n in dir(Adapter) if not n.startswith("_")}
+    members |= set(Adapter.__annotations__)
     headings = {
         name
         for line in re.findall(r"^### .*$", page, re.MULTILINE)

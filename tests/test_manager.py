@@ -28,6 +28,7 @@ import pytest
 from conftest import make_session
 from taskbed import Connection, Lease, Runtime, SQLiteStore, TaskRecord, TaskStore, ui
 from taskbed._manager import HOST
+from taskbed_harness import HarnessRuntime
 
 # ---------------------------------------------------------------- helpers
 
@@ -612,3 +613,70 @@ async def test_a_connected_owner_gets_the_recovery_message_at_once(tmp_path: Pat
     finally:
         await rt.stop()
         store.close()
+
+
+# ---------------------------------------------------------------- MGR-3, MGR-4
+
+
+@pytest.mark.rule("MGR-3")
+@pytest.mark.rule("MGR-4")
+@pytest.mark.parametrize("runtime_class", [Runtime, HarnessRuntime], ids=["reference", "fake"])
+@pytest.mark.asyncio
+async def test_stop_interrupts_running_tasks_tells_their_owner_and_waits_for_them(
+    tmp_path: Path, runtime_class: type[Runtime]
+) -> None:
+    store = SQLiteStore(tmp_path / "t.db")
+    rt = runtime_class(store)
+    await rt.start()
+    conn = rt.connect(7, 10)
+    started, seen = asyncio.Event(), []
+
+    async def long_job() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+        finally:
+            await asyncio.sleep(0)  # cleanup that takes a step of its own
+            seen.append("cleaned up")
+
+    tid = await sdk_of(rt).tasks.run_background(long_job(), "Long")
+    await started.wait()
+    await rt.stop()
+    assert seen == ["cancelled", "cleaned up"]  # MGR-4: ended before stop() returned
+    errors = [m["backgroundTaskError"] for m in conn.messages if "backgroundTaskError" in m]
+    assert [(e["taskId"], e["label"]) for e in errors] == [(tid, "Long")]  # MGR-3
+    assert "stopped" in errors[0]["error"]
+    assert row_of(store, tid).status == "interrupted"
+    store.close()
+
+
+# ---------------------------------------------------------------- REC-4
+
+
+@pytest.mark.rule("REC-4")
+@pytest.mark.asyncio
+async def test_a_peer_started_beside_a_runtime_never_takes_its_tasks(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    clock = FakeClock(1000.0)
+    gate = asyncio.Event()
+    async with started(path, clock=clock, lease_seconds=3.0) as a:
+        mine = await parked(a, gate)
+        async with started(path, clock=clock, lease_seconds=3.0) as b:
+            theirs = await parked(b, gate, key="theirs")
+            for _ in range(5):  # many lease periods; both sides refresh and sweep
+                clock.t += 2.0
+                assert a.manager is not None
+                assert b.manager is not None
+                a.store.heartbeat(a.manager._lease())
+                b.store.heartbeat(b.manager._lease())
+                assert a.manager.recover() == []
+                assert b.manager.recover() == []
+            assert (row_of(a.store, mine).status, row_of(a.store, theirs).status) == (
+                "running", "running",
+            )  # fmt: skip
+            gate.set()
+            assert (await b.wait(theirs, timeout=2))["status"] == "completed"
+        assert (await a.wait(mine, timeout=2))["status"] == "completed"

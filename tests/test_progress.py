@@ -188,6 +188,7 @@ async def test_progress_reaches_only_the_owner(bed: Bed) -> None:
 
 
 @pytest.mark.rule("PROG-2")
+@pytest.mark.rule("PROG-7")
 @pytest.mark.parametrize(
     "bad", [math.nan, math.inf, -math.inf, "0.5", True, False, None, [0.5]], ids=repr
 )
@@ -213,7 +214,7 @@ async def test_non_finite_or_non_numeric_progress_raises_and_keeps_the_stored_va
     assert bed.conn.messages == []
 
 
-@pytest.mark.rule("PROG-2")
+@pytest.mark.rule("PROG-7")
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, "0.5", True], ids=repr)
 @pytest.mark.asyncio
 async def test_emit_progress_rejects_non_finite_progress(bed: Bed, bad: Any) -> None:

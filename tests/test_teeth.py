@@ -2,9 +2,9 @@
 
 DESIGN §5: "deliberately broken implementations (each breaking one rule) must be caught by
 exactly the rules they break." Each implementation here is the reference runtime with ONE
-component swapped for a subclass that gets ONE behaviour wrong, plugged in through the
-runtime's own seams (``Runtime.tasks_class``, ``Runtime.manager_class``, and a store, client
-channel or process runner built by a ``Runtime`` subclass; nothing is monkeypatched). The whole
+component swapped for a subclass that gets ONE behaviour wrong, plugged in through public
+seams (``Runtime.tasks_class``, ``manager_class``, ``channel_class``, ``process_runner_class``
+and the adapter's ``store_class``; nothing is monkeypatched). The whole
 suite runs against each, and the set of failing rules must equal the expected set in
 ``BROKEN`` exactly: a rule missing from it means the suite lost a tooth; an extra rule means a
 check is broader than its statement (or the breakage was not the one intended).
@@ -19,9 +19,16 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import fnmatch
+import functools
 import inspect
 import json
+import math
+import os
+import shlex
+import signal
 import subprocess
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -30,6 +37,8 @@ import pytest
 from taskbed import (
     ACTIVE,
     ConnectionRegistry,
+    InvalidSubmissionError,
+    Lease,
     ManagerNotInitializedError,
     OSProcessRunner,
     Owner,
@@ -41,6 +50,7 @@ from taskbed import (
     TaskManager,
     TaskRecord,
     Tasks,
+    UnknownTaskNameError,
 )
 from taskbed._auth import TokenSigner
 from taskbed._manager import same_owner
@@ -84,9 +94,11 @@ BROKEN = [
     _broken("dedup-blocks-on-terminal-tasks", "DedupBlocksOnTerminal",
             "DEDUP-2", "QUERY-1", "REC-1"),
     # The duplicate gets the first task's id, but its own work runs as well. DEDUP-1 (the
-    # duplicate coroutine is not closed, the registered function is called) and DEDUP-6 (of
-    # 25 racing submissions, more than one coroutine runs) both state "closed, not run".
-    _broken("duplicate-starts-second-task", "DuplicateStartsSecondTask", "DEDUP-1", "DEDUP-6"),
+    # duplicate coroutine is not closed, the registered function is called), DEDUP-6 (of
+    # 25 racing submissions, more than one coroutine runs) and DEDUP-7 (the same across two
+    # runtimes) all state "closed, not run".
+    _broken("duplicate-starts-second-task", "DuplicateStartsSecondTask",
+            "DEDUP-1", "DEDUP-6", "DEDUP-7"),
     # -- OWN
     _broken("messages-sent-to-another-user", "MessagesToOrganizationMates", "OWN-3"),
     # Answer, cancel and get from anyone act on the task. CONF-4 states the same for the
@@ -149,12 +161,77 @@ BROKEN = [
     # error = "task failed: <str(exc)>". REC-3 expects the queued error of a failed task to
     # be str(exc) as well.
     _broken("failed-error-not-str-exc", "FailedErrorNotStrExc", "BG-6", "REC-3"),
-    _broken("interrupted-task-silent", "InterruptedTaskSilent", "BG-8"),  # a SHOULD rule only
     # A coroutine submitted again is taken like a new one: dedup closes it under its task.
     _broken("coroutine-reuse-accepted", "CoroutineReuseAccepted", "BG-12"),
     # A checkpoint goes through a plain JSON round trip: {1: "a", "1": "b"} keeps one value.
     _broken("checkpoint-keys-merged", "CheckpointKeysMerged", "BG-13"),
     _broken("task-keys-unchecked", "TaskKeysUnchecked", "BG-14"),  # a SHOULD rule only
+    # An interrupted task tells nobody: neither after a cancel (BG-8, a SHOULD rule) nor when
+    # the runtime stops (MGR-3).
+    _broken("interrupted-task-silent", "InterruptedTaskSilent", "BG-8", "MGR-3"),
+    # -- the classes of miss of issue 10
+    _broken("dedup-within-one-runtime", "DedupWithinOneRuntime", "DEDUP-7"),
+    _broken("recovery-ignores-leases", "RecoveryIgnoresLeases", "REC-4"),
+    _broken("lease-never-refreshed", "LeaseNeverRefreshed", "REC-4"),
+    # stop() drops the manager and leaves its tasks running: nobody interrupts them (MGR-3)
+    # and stop() returns before they end (MGR-4).
+    _broken("stop-abandons-tasks", "StopAbandonsTasks", "MGR-3", "MGR-4"),
+    _broken("stop-does-not-wait", "StopDoesNotWait", "MGR-4"),  # a SHOULD rule only
+    # Messages go out only while the runtime serves (its channel's handler is set): the error
+    # of a task that stop() interrupts is dropped.
+    _broken("silent-while-not-serving", "SilentWhileNotServing", "MGR-3"),
+    _broken("late-answer-kept-for-next-question", "LateAnswerKept", "CONF-6"),
+    # A clamp without a finiteness check: nan and inf reach the row (PROG-2), and nothing is
+    # refused (PROG-7).
+    _broken("nan-progress-stored", "NanProgressStored", "PROG-2", "PROG-7"),
+    _broken("nan-progress-ignored-quietly", "NanProgressIgnored", "PROG-7"),  # SHOULD only
+    _broken("key-prefix-as-glob", "KeyPrefixAsGlob", "QUERY-2"),
+    _broken("owner-compared-as-text", "OwnerComparedAsText", "OWN-4"),
+    _broken("timeout-sends-only-sigterm", "TimeoutOnlySigterm", "CMD-6", "CMD-12"),
+    _broken("one-item-command-split", "OneItemCommandSplit", "CMD-4"),
+    # -- one tooth per rule that can have one
+    _broken("task-id-not-uuid4-text", "TaskIdHexOnly", "BG-1"),
+    # Registered functions lose their keyword arguments: math.add(a=2, b=40) fails (BG-2),
+    # and so does crunch(n=10) (BG-10).
+    _broken("registered-kwargs-dropped", "RegisteredKwargsDropped", "BG-2", "BG-10"),
+    _broken("unknown-name-not-named", "UnknownNameNotNamed", "BG-3"),
+    _broken("wrong-target-without-the-fix", "WrongTargetWithoutTheFix", "BG-4"),
+    # A completed task keeps the progress it last reported; QUERY-6 reads a completed row.
+    _broken("completion-keeps-progress", "CompletionKeepsProgress", "BG-5", "QUERY-6"),
+    # A cancel is ignored while the task is pending: BG-7 cancels before the first step, and
+    # DEDUP-2 and BG-11 cancel tasks right after submitting them.
+    _broken("pending-task-not-cancelled", "PendingNotCancelled", "BG-7", "DEDUP-2", "BG-11"),
+    _broken("sync-registered-on-the-loop", "SyncRegisteredOnTheLoop", "BG-10"),
+    # A key that is not a string is turned into one: DEDUP-5 and BG-9 both pass task_key=5.
+    _broken("non-str-key-coerced", "NonStrKeyCoerced", "DEDUP-5", "BG-9"),
+    _broken("manager-checked-before-user", "ManagerCheckedBeforeUser", "OWN-1"),
+    _broken("blocking-exception-wrapped", "BlockingExceptionWrapped", "BLOCK-2"),
+    _broken("blocking-refusal-unexplained", "BlockingRefusalUnexplained", "BLOCK-4"),
+    _broken("blocking-without-context", "BlockingWithoutContext", "BLOCK-5"),
+    _broken("tuple-command-accepted", "TupleCommandAccepted", "CMD-1"),
+    _broken("blank-arguments-dropped", "BlankArgumentsDropped", "CMD-2"),
+    _broken("number-arguments-converted", "NumberArgumentsConverted", "CMD-3"),
+    # Access rules are kept but never enforced. (CTX-3 compares a task's commands with the
+    # request's, which are equally unchecked: it holds.)
+    _broken("cwd-never-checked", "CwdNeverChecked", "CMD-9"),
+    _broken("access-variable-missing", "AccessVariableMissing", "CMD-10"),
+    _broken("checkpoint-with-default-str", "CheckpointDefaultStr", "PROG-3"),
+    _broken("progress-of-unknown-id-raises", "ProgressOfUnknownIdRaises", "PROG-4"),
+    _broken("emit-progress-stores", "EmitProgressStores", "PROG-5"),
+    _broken("confirmation-surface-id-wrong", "ConfirmationSurfaceIdWrong", "CONF-1"),
+    _broken("cancel-while-waiting-ignored", "CancelWhileWaitingIgnored", "CONF-5"),
+    # Queries raise without a task manager: QUERY-5, and MGR-2 (queries are empty then).
+    _broken("queries-raise-without-manager", "QueriesRaiseWithoutManager", "QUERY-5", "MGR-2"),
+    # Rows carry taskId only (as the released platform's do): only the row-shape rule fails,
+    # since every other check reads ids through the adapter's task_id hook.
+    _broken("rows-without-id", "RowsWithoutId", "QUERY-6"),
+    _broken("confirm-without-manager-returns-none", "ConfirmWithoutManagerReturnsNone", "MGR-1"),
+    # The row does not go back to running after a question: CONF-2 after an answer, BG-11
+    # after a question that timed out.
+    _broken("answered-row-stays-waiting", "AnsweredRowStaysWaiting", "CONF-2", "BG-11"),
+    _broken("synthetic-request-id-not-passed", "SyntheticRequestIdNotPassed", "CTX-4"),
+    # userId "7": OWN-2 states the ids as they are; QUERY-1 compares them and QUERY-6 the row.
+    _broken("row-owner-ids-as-text", "RowOwnerIdsAsText", "OWN-2", "QUERY-1", "QUERY-6"),
     # -- WS (judged over the socket: the reference-ws adapter with one broken channel part)
     _broken("socket-origin-not-checked", "SocketOriginNotChecked", "WS-1"),
     _broken("socket-token-replayable", "SocketTokenReplayable", "WS-2"),
@@ -167,13 +244,16 @@ BROKEN = [
 # fmt: on
 
 # Breakages that no rule catches through the adapter API (checked once, by hand; not in the
-# table since no run of the suite can fail for them). tests/test_manager.py covers the first
-# two with real second runtimes:
-# - recovery that ignores leases and takes over the tasks of a runtime that is still alive
-#   (REC-2's two-live-runtimes case: the adapter cannot start a second runtime);
-# - a heartbeat that never refreshes the lease (same reason);
+# table since no run of the suite can fail for them):
 # - no recovery at start, only in the later sweeps: after restart(crash=True) the crashed
 #   runtime's lease is still fresh and its process (ours) alive, so only the sweeps can act.
+#
+# Rules without a tooth of their own (docs/guides/conformance.md#the-suites-teeth says why):
+# DEDUP-4 (the facade turns "" into no key before any public seam sees it), CTX-3 (a task's
+# context is a copy of its submitter's: a variant that reads the module elsewhere fails
+# CMD-10 or CTX-1 first), REC-2 (its broken variants, a takeover of a live runtime's tasks or
+# a lost heartbeat, need a second live runtime: REC-4 catches them).
+NO_TOOTH = {"DEDUP-4", "CTX-3", "REC-2"}
 
 RULES = load_rules()
 RULE_IDS = {rule.id for rule in RULES}
@@ -202,35 +282,16 @@ def failing(factory: Callable[[], Any]) -> frozenset[str]:
 # ---------------------------------------------------------------- how the parts are swapped
 
 
-class PartsRuntime(Runtime):
-    """The reference runtime, with its store, client channel or process runner replaced.
-
-    ``ReferenceImplementation`` hands the runtime a ``SQLiteStore`` over its file; a
-    ``store_class`` reopens that file as the broken store instead (restarts and recovery
-    keep working: each new runtime reopens it the same way).
-    """
-
-    store_class: type[SQLiteStore] | None = None
-    channel_class: type[ConnectionRegistry] | None = None
-    runner_class: type[OSProcessRunner] | None = None
-
-    def __init__(self, store: Any = None, **kwargs: Any) -> None:
-        if self.store_class is not None and isinstance(store, SQLiteStore):
-            path = store.path
-            store.close()
-            store = self.store_class(path)
-        if self.runner_class is not None:
-            kwargs.setdefault("process_runner", self.runner_class())
-        super().__init__(store, **kwargs)
-        if self.channel_class is not None:
-            self.channel = self.channel_class(self.store, self.clock)
-
-
 def runtime_with(**parts: type) -> type[Runtime]:
-    """A Runtime subclass with the given parts: ``tasks_class``, ``manager_class``,
-    ``store_class``, ``channel_class``, ``runner_class``."""
+    """A Runtime subclass with the given parts, through its public seams: ``tasks_class``,
+    ``manager_class``, ``channel_class``, ``process_runner_class``. (A broken store is the
+    adapter's ``store_class``.)"""
+    if "runner_class" in parts:  # the name of this seam before Runtime had it
+        parts["process_runner_class"] = parts.pop("runner_class")
+    unknown = set(parts) - {"tasks_class", "manager_class", "channel_class", "process_runner_class"}
+    assert not unknown, unknown
     name = "".join(part.__name__.strip("_") for part in parts.values()) + "Runtime"
-    return type(name, (PartsRuntime,), dict(parts))
+    return type(name, (Runtime,), dict(parts))
 
 
 # ---------------------------------------------------------------- DEDUP
@@ -253,7 +314,7 @@ class _CrossOrganizationDedupStore(SQLiteStore):
 
 class DedupIgnoresOrganization(ReferenceImplementation):
     name = "broken: dedup ignores the organization"
-    runtime_class = runtime_with(store_class=_CrossOrganizationDedupStore)
+    store_class = _CrossOrganizationDedupStore
 
 
 class _TerminalHoldsKeyStore(SQLiteStore):
@@ -269,7 +330,7 @@ class _TerminalHoldsKeyStore(SQLiteStore):
 
 class DedupBlocksOnTerminal(ReferenceImplementation):
     name = "broken: terminal tasks block their key"
-    runtime_class = runtime_with(store_class=_TerminalHoldsKeyStore)
+    store_class = _TerminalHoldsKeyStore
 
 
 class _RunsDuplicatesManager(TaskManager):
@@ -461,7 +522,7 @@ class _ShellRunner(OSProcessRunner):
 
 class CommandThroughShell(ReferenceImplementation):
     name = "broken: commands run through a shell"
-    runtime_class = runtime_with(runner_class=_ShellRunner)
+    runtime_class = runtime_with(process_runner_class=_ShellRunner)
 
 
 class _CallerEnvLastTasks(Tasks):
@@ -516,7 +577,7 @@ class _ChildOnlyRunner(OSProcessRunner):
 
 class TimeoutKillsOnlyTheChild(ReferenceImplementation):
     name = "broken: a timeout kills the program but not its children"
-    runtime_class = runtime_with(runner_class=_ChildOnlyRunner)
+    runtime_class = runtime_with(process_runner_class=_ChildOnlyRunner)
 
 
 class _GroupOnlyRunner(OSProcessRunner):
@@ -528,7 +589,7 @@ class _GroupOnlyRunner(OSProcessRunner):
 
 class EscapedDescendantsSurvive(ReferenceImplementation):
     name = "broken: descendants that left the process group survive"
-    runtime_class = runtime_with(runner_class=_GroupOnlyRunner)
+    runtime_class = runtime_with(process_runner_class=_GroupOnlyRunner)
 
 
 class _UncheckedEnvTasks(Tasks):
@@ -625,7 +686,7 @@ class _OldestFirstStore(SQLiteStore):
 
 class QueriesNotSorted(ReferenceImplementation):
     name = "broken: queries return the oldest first"
-    runtime_class = runtime_with(store_class=_OldestFirstStore)
+    store_class = _OldestFirstStore
 
 
 class _UpdatedFirstStore(SQLiteStore):
@@ -647,7 +708,7 @@ class _UpdatedFirstStore(SQLiteStore):
 
 class QueriesSortedByUpdateTime(ReferenceImplementation):
     name = "broken: queries sort by update time"
-    runtime_class = runtime_with(store_class=_UpdatedFirstStore)
+    store_class = _UpdatedFirstStore
 
 
 class _SessionOrganizationTasks(Tasks):
@@ -688,7 +749,7 @@ class _LikePrefixStore(SQLiteStore):
 
 class KeyPrefixAsLikePattern(ReferenceImplementation):
     name = "broken: the key prefix is a LIKE pattern"
-    runtime_class = runtime_with(store_class=_LikePrefixStore)
+    store_class = _LikePrefixStore
 
 
 # ---------------------------------------------------------------- MGR
@@ -801,6 +862,738 @@ class _UncheckedKeyTasks(Tasks):
 class TaskKeysUnchecked(ReferenceImplementation):
     name = "broken: task keys are not checked"
     runtime_class = runtime_with(tasks_class=_UncheckedKeyTasks)
+# ---------------------------------------------------------------- issue 10's classes of miss
+
+
+class _InstanceDedupStore(SQLiteStore):
+    """Dedup in this store object's memory: the file has no unique index over active keys,
+    so another runtime on the same file (with its own store object) never sees the key."""
+
+    schema = SQLiteStore.schema.replace("CREATE UNIQUE INDEX", "CREATE INDEX")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.held: dict[tuple[str, str], str] = {}
+
+    def insert_or_get_active(self, record: TaskRecord) -> tuple[TaskRecord, bool]:
+        if record.task_key is None:
+            return super().insert_or_get_active(record)
+        slot = (json.dumps(record.organization_id), record.task_key)
+        holder = self.get(self.held[slot]) if slot in self.held else None
+        if holder is not None and holder.status in ACTIVE:
+            return holder, False
+        stored, created = super().insert_or_get_active(record)
+        self.held[slot] = stored.id
+        return stored, created
+
+
+class DedupWithinOneRuntime(ReferenceImplementation):
+    name = "broken: dedup holds within one runtime only"
+    store_class = _InstanceDedupStore
+
+
+class _ExpiredLeasesStore(SQLiteStore):
+    """Reports every lease as expired: recovery takes over the tasks of live runtimes."""
+
+    def leases(self) -> list[Lease]:
+        return [lease._replace(expires_at=0.0) for lease in super().leases()]
+
+
+class RecoveryIgnoresLeases(ReferenceImplementation):
+    name = "broken: recovery ignores leases"
+    store_class = _ExpiredLeasesStore
+
+
+class _FirstLeaseOnlyStore(SQLiteStore):
+    """Writes a runtime's first lease and ignores every refresh: the heartbeat is lost."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.seen: set[str] = set()
+
+    def heartbeat(self, lease: Lease) -> None:
+        if lease.runtime_id not in self.seen:
+            self.seen.add(lease.runtime_id)
+            super().heartbeat(lease)
+
+
+class LeaseNeverRefreshed(ReferenceImplementation):
+    name = "broken: the lease is never refreshed"
+    store_class = _FirstLeaseOnlyStore
+
+
+class _AbandoningRuntime(Runtime):
+    """stop() forgets the task manager: its tasks run on, interrupted by nobody."""
+
+    async def stop(self) -> None:
+        self.manager = None
+        self.channel.handler = None
+        self.pool.shutdown()
+
+
+class StopAbandonsTasks(ReferenceImplementation):
+    name = "broken: stop() abandons running tasks"
+    runtime_class = _AbandoningRuntime
+
+
+class _FireAndForgetStopRuntime(Runtime):
+    """stop() starts stopping the task manager and returns without waiting for it."""
+
+    async def stop(self) -> None:
+        manager, self.manager = self.manager, None
+        self.channel.handler = None
+        if manager is not None:
+            stopping = asyncio.ensure_future(manager.stop())
+            stopping.add_done_callback(lambda done: done.exception())  # retrieved: no noise
+        self.pool.shutdown()
+
+
+class StopDoesNotWait(ReferenceImplementation):
+    name = "broken: stop() does not wait for the interrupted tasks"
+    runtime_class = _FireAndForgetStopRuntime
+
+
+class _ServingOnlyChannel(ConnectionRegistry):
+    """Publishes only while a task manager serves the channel (its handler is set)."""
+
+    def publish(self, owner: Owner, message: dict[str, Any], *, durable: bool) -> None:
+        if self.handler is not None:
+            super().publish(owner, message, durable=durable)
+
+
+class SilentWhileNotServing(ReferenceImplementation):
+    name = "broken: no message while the runtime does not serve"
+    runtime_class = runtime_with(channel_class=_ServingOnlyChannel)
+
+
+class _EarlyAnswerManager(TaskManager):
+    """Keeps an answer that arrives while no question waits, and gives it to the next one."""
+
+    async def handle_client_message(self, conn: Any, command: str, body: dict[str, Any]) -> None:
+        if command == "backgroundTaskResponse":
+            record = self.store.get(body["taskId"])
+            if record is not None and record.status == "running" and record.owner == conn.owner:
+                self.__dict__.setdefault("early", {})[record.id] = body.get("response")
+                return
+        await super().handle_client_message(conn, command, body)
+
+    async def request_confirmation(self, task_id: str, components: list[dict[str, Any]]) -> Any:
+        early = self.__dict__.setdefault("early", {})
+        if task_id in early:
+            return early.pop(task_id)
+        return await super().request_confirmation(task_id, components)
+
+
+class LateAnswerKept(ReferenceImplementation):
+    name = "broken: a late answer is kept for the next question"
+    runtime_class = runtime_with(manager_class=_EarlyAnswerManager)
+
+
+class _NaiveClampTasks(Tasks):
+    """Clamps with min/max and no finiteness check: nan stays nan, inf becomes 1.0."""
+
+    async def update_progress(
+        self, task_id: str, progress: float, *args: Any, **kwargs: Any
+    ) -> None:
+        if isinstance(progress, float) and not math.isfinite(progress):
+            manager = self.runtime.manager
+            if manager is not None:
+                manager.update_progress(task_id, min(max(progress, 0.0), 1.0), None, None)
+            return
+        await super().update_progress(task_id, progress, *args, **kwargs)
+
+    async def emit_progress(self, task_id: str, progress: float | None = None, *args: Any,
+                            **kwargs: Any) -> None:  # fmt: skip
+        if isinstance(progress, float) and not math.isfinite(progress):
+            progress = min(max(progress, 0.0), 1.0)
+        await super().emit_progress(task_id, progress, *args, **kwargs)
+
+
+class NanProgressStored(ReferenceImplementation):
+    name = "broken: non-finite progress is stored"
+    runtime_class = runtime_with(tasks_class=_NaiveClampTasks)
+
+
+class _QuietNonFiniteTasks(Tasks):
+    """Drops non-finite progress without a word (the row is safe; the caller never learns)."""
+
+    async def update_progress(
+        self, task_id: str, progress: float, *args: Any, **kwargs: Any
+    ) -> None:
+        if isinstance(progress, float) and not math.isfinite(progress):
+            return
+        await super().update_progress(task_id, progress, *args, **kwargs)
+
+    async def emit_progress(self, task_id: str, progress: float | None = None, *args: Any,
+                            **kwargs: Any) -> None:  # fmt: skip
+        if isinstance(progress, float) and not math.isfinite(progress):
+            return
+        await super().emit_progress(task_id, progress, *args, **kwargs)
+
+
+class NanProgressIgnored(ReferenceImplementation):
+    name = "broken: non-finite progress is ignored quietly"
+    runtime_class = runtime_with(tasks_class=_QuietNonFiniteTasks)
+
+
+class _GlobPrefixStore(SQLiteStore):
+    """Matches the prefix as a glob (``fnmatch(key, prefix + "*")``): ``*?[`` are patterns."""
+
+    def find_by_key_prefix(self, prefix: str, organization_id: object) -> list[TaskRecord]:
+        every = super().find_by_key_prefix("", organization_id)
+        if prefix == "":
+            return every
+        return [r for r in every if fnmatch.fnmatchcase(r.task_key or "", prefix + "*")]
+
+
+class KeyPrefixAsGlob(ReferenceImplementation):
+    name = "broken: the key prefix is a glob"
+    store_class = _GlobPrefixStore
+
+
+class _TextOwnerManager(TaskManager):
+    """Compares the sender with the task's owner as text: user "7" passes for user 7."""
+
+    async def handle_client_message(self, conn: Any, command: str, body: dict[str, Any]) -> None:
+        record = self.store.get(body["taskId"])
+        if record is not None:
+            mine, theirs = record.owner, conn.owner
+            if (str(mine.user_id), str(mine.organization_id)) == (
+                str(theirs.user_id), str(theirs.organization_id)
+            ):  # fmt: skip
+                conn = _AsOwner(conn, record.owner)
+        await super().handle_client_message(conn, command, body)
+
+
+class OwnerComparedAsText(ReferenceImplementation):
+    name = "broken: the owner is compared as text"
+    runtime_class = runtime_with(manager_class=_TextOwnerManager)
+
+
+class _SigtermRunner(OSProcessRunner):
+    """On timeout, asks the process group to stop with SIGTERM, and waits for it."""
+
+    async def run(
+        self, argv: list[str], *, cwd: str | None, env: dict[str, str], timeout: float | None,
+        capture_output: bool,
+    ) -> ProcessResult:  # fmt: skip
+        def call() -> ProcessResult:
+            pipe = subprocess.PIPE if capture_output else None
+            with subprocess.Popen(
+                argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe,
+                start_new_session=True,
+            ) as proc:  # fmt: skip
+                try:
+                    out, err = proc.communicate(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGTERM)  # polite, and nothing after it
+                    out, err = proc.communicate()
+                    raise subprocess.TimeoutExpired(argv, timeout or 0.0, out, err) from None
+                except BaseException:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    raise
+                return ProcessResult(proc.returncode, out, err)
+
+        return await asyncio.to_thread(call)
+
+
+class TimeoutOnlySigterm(ReferenceImplementation):
+    name = "broken: a timeout only sends SIGTERM"
+    runtime_class = runtime_with(process_runner_class=_SigtermRunner)
+
+
+class _SplittingRunner(OSProcessRunner):
+    """Splits a one-item command into words, as a shell would."""
+
+    async def run(self, argv: list[str], **kwargs: Any) -> ProcessResult:
+        if len(argv) == 1 and " " in argv[0]:
+            argv = shlex.split(argv[0])
+        return await super().run(argv, **kwargs)
+
+
+class OneItemCommandSplit(ReferenceImplementation):
+    name = "broken: a one-item command is split into words"
+    runtime_class = runtime_with(process_runner_class=_SplittingRunner)
+
+
+# ---------------------------------------------------------------- one tooth per rule
+
+
+class _HexIdStore(SQLiteStore):
+    """Gives every new task a uuid4 in hex, without dashes (not the UUID4 text BG-1 states)."""
+
+    def insert_or_get_active(self, record: TaskRecord) -> tuple[TaskRecord, bool]:
+        record.id = uuid.uuid4().hex
+        return super().insert_or_get_active(record)
+
+
+class TaskIdHexOnly(ReferenceImplementation):
+    name = "broken: task ids are hex without dashes"
+    store_class = _HexIdStore
+
+
+class _KwargsDroppedRuntime(Runtime):
+    """Registers a wrapper that calls the function without its keyword arguments."""
+
+    def register_task(self, name: str, func: Callable[..., Any]) -> None:
+        if inspect.iscoroutinefunction(func):
+
+            async def without_kwargs(**kwargs: Any) -> Any:
+                return await func()
+
+            super().register_task(name, without_kwargs)
+        else:
+            super().register_task(name, lambda **kwargs: func())
+
+
+class RegisteredKwargsDropped(ReferenceImplementation):
+    name = "broken: registered functions lose their keyword arguments"
+    runtime_class = _KwargsDroppedRuntime
+
+
+class _UnnamedTasks(Tasks):
+    """An unknown task name is refused without saying which."""
+
+    async def run_background(self, target: Any, *args: Any, **kwargs: Any) -> str:
+        try:
+            return await super().run_background(target, *args, **kwargs)
+        except UnknownTaskNameError:
+            raise ValueError("unknown task") from None
+
+
+class UnknownNameNotNamed(ReferenceImplementation):
+    name = "broken: an unknown task name is not named"
+    runtime_class = runtime_with(tasks_class=_UnnamedTasks)
+
+
+class _TerseTargetTasks(Tasks):
+    """Refuses a wrong target without showing the call that was meant."""
+
+    async def run_background(self, target: Any, *args: Any, **kwargs: Any) -> str:
+        try:
+            return await super().run_background(target, *args, **kwargs)
+        except InvalidSubmissionError as exc:
+            if "()" in str(exc):
+                raise ValueError("run_background takes a coroutine object") from None
+            raise
+
+
+class WrongTargetWithoutTheFix(ReferenceImplementation):
+    name = "broken: a wrong target is refused without the fix"
+    runtime_class = runtime_with(tasks_class=_TerseTargetTasks)
+
+
+class _KeepsProgressStore(SQLiteStore):
+    """Completing a task does not set its progress to 1.0."""
+
+    def update(self, task_id: str, changes: dict[str, object]) -> None:
+        if changes.get("status") == "completed":
+            changes = {k: v for k, v in changes.items() if k != "progress"}
+        super().update(task_id, changes)
+
+
+class CompletionKeepsProgress(ReferenceImplementation):
+    name = "broken: a completed task keeps its last progress"
+    store_class = _KeepsProgressStore
+
+
+class _PendingCancelIgnoredManager(TaskManager):
+    """Ignores a cancel while the task is still pending."""
+
+    async def handle_client_message(self, conn: Any, command: str, body: dict[str, Any]) -> None:
+        if command == "backgroundTaskCancel":
+            record = self.store.get(body["taskId"])
+            if record is not None and record.status == "pending":
+                return
+        await super().handle_client_message(conn, command, body)
+
+
+class PendingNotCancelled(ReferenceImplementation):
+    name = "broken: a pending task cannot be cancelled"
+    runtime_class = runtime_with(manager_class=_PendingCancelIgnoredManager)
+
+
+class _OnTheLoopRuntime(Runtime):
+    """Runs a plain registered function on the event loop, wrapped in a coroutine."""
+
+    def register_task(self, name: str, func: Callable[..., Any]) -> None:
+        if not inspect.iscoroutinefunction(func):
+            plain = func
+
+            async def on_the_loop(**kwargs: Any) -> Any:
+                return plain(**kwargs)
+
+            func = on_the_loop
+        super().register_task(name, func)
+
+
+class SyncRegisteredOnTheLoop(ReferenceImplementation):
+    name = "broken: a sync registered function runs on the loop"
+    runtime_class = _OnTheLoopRuntime
+
+
+class _CoercingKeyTasks(Tasks):
+    """Turns a task_key that is not a string into one with str()."""
+
+    async def run_background(self, target: Any, *args: Any, **kwargs: Any) -> str:
+        key = kwargs.get("task_key")
+        if key is not None and not isinstance(key, str):
+            kwargs["task_key"] = str(key)
+        return await super().run_background(target, *args, **kwargs)
+
+
+class NonStrKeyCoerced(ReferenceImplementation):
+    name = "broken: a non-str task key is coerced to str"
+    runtime_class = runtime_with(tasks_class=_CoercingKeyTasks)
+
+
+class _ManagerFirstTasks(Tasks):
+    """Checks for a task manager before it checks the session's user."""
+
+    async def run_background(self, target: Any, *args: Any, **kwargs: Any) -> str:
+        if self.runtime.manager is None:
+            if inspect.iscoroutine(target):
+                target.close()
+            raise ManagerNotInitializedError
+        return await super().run_background(target, *args, **kwargs)
+
+
+class ManagerCheckedBeforeUser(ReferenceImplementation):
+    name = "broken: the manager is checked before the user"
+    runtime_class = runtime_with(tasks_class=_ManagerFirstTasks)
+
+
+class _WrappingBlockingTasks(Tasks):
+    """Wraps func's exception in a RuntimeError."""
+
+    async def run_blocking(self, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        try:
+            return await super().run_blocking(func, *args, **kwargs)
+        except TypeError:
+            raise
+        except Exception as exc:
+            raise RuntimeError(f"run_blocking failed: {exc}") from exc
+
+
+class BlockingExceptionWrapped(ReferenceImplementation):
+    name = "broken: run_blocking wraps exceptions"
+    runtime_class = runtime_with(tasks_class=_WrappingBlockingTasks)
+
+
+class _TerseBlockingTasks(Tasks):
+    """Refuses a non-callable with a message that does not say what was wrong."""
+
+    async def run_blocking(self, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        if not callable(func):
+            if inspect.iscoroutine(func):
+                func.close()
+            raise TypeError(f"cannot run {func!r}")
+        return await super().run_blocking(func, *args, **kwargs)
+
+
+class BlockingRefusalUnexplained(ReferenceImplementation):
+    name = "broken: run_blocking's refusal does not say 'callable'"
+    runtime_class = runtime_with(tasks_class=_TerseBlockingTasks)
+
+
+class _ContextlessBlockingTasks(Tasks):
+    """Runs func in the loop's default executor, without the caller's context variables."""
+
+    async def run_blocking(self, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        if not callable(func):
+            return await super().run_blocking(func, *args, **kwargs)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, functools.partial(func, *args, **kwargs))
+
+
+class BlockingWithoutContext(ReferenceImplementation):
+    name = "broken: run_blocking drops the context variables"
+    runtime_class = runtime_with(tasks_class=_ContextlessBlockingTasks)
+
+
+class _LenientCommandTasks(Tasks):
+    """Takes a tuple for a command, as a list."""
+
+    async def run_subprocess(self, command: Any, **kwargs: Any) -> Any:
+        if isinstance(command, tuple):
+            command = list(command)
+        return await super().run_subprocess(command, **kwargs)
+
+
+class TupleCommandAccepted(ReferenceImplementation):
+    name = "broken: a tuple command is accepted"
+    runtime_class = runtime_with(tasks_class=_LenientCommandTasks)
+
+
+class _BlankDroppingTasks(Tasks):
+    """Drops blank arguments instead of refusing them."""
+
+    async def run_subprocess(self, command: Any, **kwargs: Any) -> Any:
+        if isinstance(command, list):
+            command = [a for a in command if not (isinstance(a, str) and not a.strip())]
+        return await super().run_subprocess(command, **kwargs)
+
+
+class BlankArgumentsDropped(ReferenceImplementation):
+    name = "broken: blank arguments are dropped"
+    runtime_class = runtime_with(tasks_class=_BlankDroppingTasks)
+
+
+class _StrArgumentsTasks(Tasks):
+    """Turns numbers and None in a command into text."""
+
+    async def run_subprocess(self, command: Any, **kwargs: Any) -> Any:
+        if isinstance(command, list):
+            command = [str(a) if a is None or isinstance(a, int | float) else a for a in command]
+        return await super().run_subprocess(command, **kwargs)
+
+
+class NumberArgumentsConverted(ReferenceImplementation):
+    name = "broken: numbers in a command are converted"
+    runtime_class = runtime_with(tasks_class=_StrArgumentsTasks)
+
+
+class _UnenforcedAccessRuntime(Runtime):
+    """Keeps a module's access rules but never limits its working directory."""
+
+    def allowed_paths(self, module: str) -> list[str] | None:
+        return None
+
+
+class CwdNeverChecked(ReferenceImplementation):
+    name = "broken: the working directory is never checked"
+    runtime_class = _UnenforcedAccessRuntime
+
+
+class _NoAccessVariableTasks(Tasks):
+    """Leaves MODULE_SDK_ACCESS out of a command's environment."""
+
+    def sandbox_variables(self) -> dict[str, str]:
+        variables = super().sandbox_variables()
+        variables.pop("MODULE_SDK_ACCESS", None)
+        return variables
+
+
+class AccessVariableMissing(ReferenceImplementation):
+    name = "broken: MODULE_SDK_ACCESS is missing"
+    runtime_class = runtime_with(tasks_class=_NoAccessVariableTasks)
+
+
+class _DefaultStrCheckpointTasks(Tasks):
+    """Stores what JSON cannot hold as its str() (json.dumps(..., default=str))."""
+
+    async def update_progress(
+        self, task_id: str, progress: float, checkpoint: Any = None, label: str | None = None
+    ) -> None:
+        if isinstance(checkpoint, dict):
+            checkpoint = json.loads(json.dumps(checkpoint, default=str))
+        await super().update_progress(task_id, progress, checkpoint, label)
+
+
+class CheckpointDefaultStr(ReferenceImplementation):
+    name = "broken: a checkpoint is stored with default=str"
+    runtime_class = runtime_with(tasks_class=_DefaultStrCheckpointTasks)
+
+
+class _LoudUnknownProgressTasks(Tasks):
+    """update_progress for an id that names no task raises."""
+
+    async def update_progress(self, task_id: str, *args: Any, **kwargs: Any) -> None:
+        if self.runtime.manager is not None and self.runtime.store.get(task_id) is None:
+            raise ValueError(f"no task {task_id!r}")
+        await super().update_progress(task_id, *args, **kwargs)
+
+
+class ProgressOfUnknownIdRaises(ReferenceImplementation):
+    name = "broken: progress of an unknown task raises"
+    runtime_class = runtime_with(tasks_class=_LoudUnknownProgressTasks)
+
+
+class _StoringEmitTasks(Tasks):
+    """emit_progress stores the progress it pushes."""
+
+    async def emit_progress(
+        self, task_id: str, progress: float | None = None, label: str | None = None,
+        checkpoint: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        if progress is not None:
+            await self.update_progress(task_id, progress, checkpoint, label)
+            return
+        await super().emit_progress(task_id, progress, label, checkpoint)
+
+
+class EmitProgressStores(ReferenceImplementation):
+    name = "broken: emit_progress stores"
+    runtime_class = runtime_with(tasks_class=_StoringEmitTasks)
+
+
+class _SurfaceIdChannel(ConnectionRegistry):
+    """Names the confirmation surface after the label instead of the task id."""
+
+    def publish(self, owner: Owner, message: dict[str, Any], *, durable: bool) -> None:
+        body = message.get("backgroundTaskConfirmation")
+        if body is not None:
+            message = {"backgroundTaskConfirmation": {**body, "surfaceId": body["label"]}}
+        super().publish(owner, message, durable=durable)
+
+
+class ConfirmationSurfaceIdWrong(ReferenceImplementation):
+    name = "broken: the confirmation's surfaceId is not task_confirm_<id>"
+    runtime_class = runtime_with(channel_class=_SurfaceIdChannel)
+
+
+class _WaitingCancelIgnoredManager(TaskManager):
+    """Ignores a cancel while the task waits for an answer."""
+
+    async def handle_client_message(self, conn: Any, command: str, body: dict[str, Any]) -> None:
+        if command == "backgroundTaskCancel":
+            record = self.store.get(body["taskId"])
+            if record is not None and record.status == "waiting_confirmation":
+                return
+        await super().handle_client_message(conn, command, body)
+
+
+class CancelWhileWaitingIgnored(ReferenceImplementation):
+    name = "broken: a cancel while waiting for an answer is ignored"
+    runtime_class = runtime_with(manager_class=_WaitingCancelIgnoredManager)
+
+
+class _LoudQueriesTasks(Tasks):
+    """The queries raise when no task manager runs."""
+
+    def _check(self) -> None:
+        if self.runtime.manager is None:
+            raise ManagerNotInitializedError
+
+    def get_tasks_by_key(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        self._check()
+        return super().get_tasks_by_key(*args, **kwargs)
+
+    def get_tasks_by_key_prefix(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        self._check()
+        return super().get_tasks_by_key_prefix(*args, **kwargs)
+
+    def list_user_tasks(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        self._check()
+        return super().list_user_tasks(*args, **kwargs)
+
+
+class QueriesRaiseWithoutManager(ReferenceImplementation):
+    name = "broken: queries raise without a task manager"
+    runtime_class = runtime_with(tasks_class=_LoudQueriesTasks)
+
+
+class _TaskIdOnlyTasks(Tasks):
+    """Serialized rows carry taskId only, not id."""
+
+    @staticmethod
+    def _strip(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in row.items() if k != "id"} for row in rows]
+
+    def get_tasks_by_key(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        return self._strip(super().get_tasks_by_key(*args, **kwargs))
+
+    def get_tasks_by_key_prefix(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        return self._strip(super().get_tasks_by_key_prefix(*args, **kwargs))
+
+    def list_user_tasks(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        return self._strip(super().list_user_tasks(*args, **kwargs))
+
+
+class _TaskIdOnlyRuntime(Runtime):
+    tasks_class = _TaskIdOnlyTasks
+
+    async def wait(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
+        row = await super().wait(task_id, timeout)
+        return {k: v for k, v in row.items() if k != "id"}
+
+
+class RowsWithoutId(ReferenceImplementation):
+    name = "broken: rows carry taskId only"
+    runtime_class = _TaskIdOnlyRuntime
+
+
+class _QuietConfirmationTasks(Tasks):
+    """request_confirmation returns None when no task manager runs."""
+
+    async def request_confirmation(self, task_id: str, builder: Any) -> Any:
+        if self.runtime.manager is None:
+            return None
+        return await super().request_confirmation(task_id, builder)
+
+
+class ConfirmWithoutManagerReturnsNone(ReferenceImplementation):
+    name = "broken: confirming without a task manager returns None"
+    runtime_class = runtime_with(tasks_class=_QuietConfirmationTasks)
+
+
+class _AnswerNotStoredStore(SQLiteStore):
+    """An answered question puts the task back to running in memory, not in the row."""
+
+    def update(self, task_id: str, changes: dict[str, object]) -> None:
+        if changes.get("status") == "running":
+            row = self.get(task_id)
+            if row is not None and row.status == "waiting_confirmation":
+                changes = {k: v for k, v in changes.items() if k != "status"}
+        super().update(task_id, changes)
+
+
+class AnsweredRowStaysWaiting(ReferenceImplementation):
+    name = "broken: an answered task's row stays waiting_confirmation"
+    store_class = _AnswerNotStoredStore
+
+
+class _NoSyntheticRequestTasks(Tasks):
+    """A command of a task submitted outside any request gets no request id."""
+
+    def sandbox_variables(self) -> dict[str, str]:
+        variables = super().sandbox_variables()
+        if variables.get("MODULE_SDK_REQUEST_ID", "").startswith("task:"):
+            del variables["MODULE_SDK_REQUEST_ID"]
+        return variables
+
+
+class SyntheticRequestIdNotPassed(ReferenceImplementation):
+    name = "broken: the synthetic request id is not passed to commands"
+    runtime_class = runtime_with(tasks_class=_NoSyntheticRequestTasks)
+
+
+class _TextOwnerRowsTasks(Tasks):
+    """Serializes the owner's ids as text: userId "7", organizationId "10"."""
+
+    @staticmethod
+    def _text(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [_owner_as_text(row) for row in rows]
+
+    def get_tasks_by_key(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        return self._text(super().get_tasks_by_key(*args, **kwargs))
+
+    def get_tasks_by_key_prefix(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        return self._text(super().get_tasks_by_key_prefix(*args, **kwargs))
+
+    def list_user_tasks(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        return self._text(super().list_user_tasks(*args, **kwargs))
+
+
+def _owner_as_text(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **row,
+        "userId": None if row["userId"] is None else str(row["userId"]),
+        "organizationId": None if row["organizationId"] is None else str(row["organizationId"]),
+    }
+
+
+class _TextOwnerRuntime(Runtime):
+    tasks_class = _TextOwnerRowsTasks
+
+    async def wait(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
+        return _owner_as_text(await super().wait(task_id, timeout))
+
+
+class RowOwnerIdsAsText(ReferenceImplementation):
+    name = "broken: rows carry the owner's ids as text"
+    runtime_class = _TextOwnerRuntime
 # ---------------------------------------------------------------- WS
 
 
@@ -873,12 +1666,16 @@ def test_the_table_names_real_rules_and_one_implementation_each() -> None:
         assert broken.fails, broken.id
         assert broken.fails <= RULE_IDS, broken.fails - RULE_IDS
         factory = broken.factory
-        assert factory.runtime_class is not Runtime or (
+        assert (factory.runtime_class, factory.store_class) != (Runtime, SQLiteStore) or (
             issubclass(factory, ReferenceWebSocketImplementation)
             and factory.channel_class is not WebSocketChannel
         ), broken.impl
     families = {rule.split("-")[0] for broken in BROKEN for rule in broken.fails}
     assert families == {rule.family for rule in RULES}, "a rule family without a broken impl"
+    toothed = {rule for broken in BROKEN for rule in broken.fails}
+    assert toothed.isdisjoint(NO_TOOTH), toothed & NO_TOOTH
+    missing = RULE_IDS - NO_TOOTH - toothed
+    assert not missing, f"rules without a tooth: {sorted(missing)}"
 
 
 def test_the_reference_passes_every_rule() -> None:

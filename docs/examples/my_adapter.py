@@ -4,16 +4,19 @@ Run the suite against it with::
 
     taskbed conform --impl my_adapter:make
 
-To keep this example runnable, acme is played by the reference runtime with two differences
+To keep this example runnable, acme is played by the reference runtime with differences
 that a real port might have: it names its sandbox variables ``ACME_*`` instead of
-``MODULE_SDK_*``, and it runs a plain (sync) registered function on the event loop instead of
-in a worker thread. In your adapter, each method calls your own runtime instead.
+``MODULE_SDK_*``, it runs a plain (sync) registered function on the event loop instead of in
+a worker thread, and it has nothing like ``wait(task_id)`` (so the adapter leaves ``wait``
+out and the suite polls acme's queries). In your adapter, each method calls your own runtime
+instead.
 """
 
 import asyncio
 import inspect
 
 from taskbed import OSProcessRunner, Runtime
+from taskbed_harness import Adapter
 
 SANDBOX = (
     "MODULE_SDK_MODULE",
@@ -44,8 +47,8 @@ class AcmeProcessRunner:
         self._os.close()
 
 
-class AcmeAdapter:
-    """What the conformance suite needs from acme (the ``Implementation`` protocol)."""
+class AcmeAdapter(Adapter):
+    """What the conformance suite needs from acme (the ``Adapter`` protocol, version 2)."""
 
     name = "acme"
     # "restart" is left out: this acme keeps its tasks in memory, so the recovery rules
@@ -75,11 +78,8 @@ class AcmeAdapter:
     def sdk(self, *, session, module):
         return self.runtime.sdk(session=session, module=module)
 
-    def connect(self, user_id, organization_id=None):
+    def connect(self, user_id, organization_id=None, credentials=None):
         return self.runtime.connect(user_id, organization_id)
-
-    async def wait(self, task_id, timeout=None):
-        return await self.runtime.wait(task_id, timeout)
 
     def register_task(self, name, func):
         if not inspect.iscoroutinefunction(func):
@@ -94,9 +94,6 @@ class AcmeAdapter:
 
     def register_module(self, name, access):
         self.runtime.register_module(name, access)
-
-    async def restart(self, *, crash=False):
-        raise NotImplementedError("acme cannot restart (no 'restart' capability)")
 
 
 def make():

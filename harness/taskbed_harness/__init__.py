@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._actions import action as action
     from ._actions import resolve_action as resolve_action
-    from ._adapters import CAPABILITIES as CAPABILITIES
-    from ._adapters import SANDBOX_VARIABLES as SANDBOX_VARIABLES
     from ._adapters import FakeImplementation as FakeImplementation
     from ._adapters import Implementation as Implementation
     from ._adapters import ReferenceImplementation as ReferenceImplementation
+    from ._adapters import ReferencePeer as ReferencePeer
     from ._adapters import fake as fake_implementation
     from ._adapters import reference as reference_implementation
     from ._awaits import NeverAwaitedError as NeverAwaitedError
@@ -35,6 +34,7 @@ if TYPE_CHECKING:
     from ._clock import new_virtual_loop as new_virtual_loop
     from ._conform import Outcome as Outcome
     from ._conform import Result as Result
+    from ._conform import RuntimeView as RuntimeView
     from ._conform import run_rule as run_rule
     from ._conform import run_suite as run_suite
     from ._emitted import Emission as Emission
@@ -52,6 +52,16 @@ if TYPE_CHECKING:
     from ._processes import ProcessCall as ProcessCall
     from ._processes import RecordedProcessRunner as RecordedProcessRunner
     from ._processes import UnmatchedCommandError as UnmatchedCommandError
+    from ._protocol import CAPABILITIES as CAPABILITIES
+    from ._protocol import SANDBOX_VARIABLES as SANDBOX_VARIABLES
+    from ._protocol import Adapter as Adapter
+    from ._protocol import Button as Button
+    from ._protocol import LegacyAdapter as LegacyAdapter
+    from ._protocol import Peer as Peer
+    from ._protocol import ProtocolError as ProtocolError
+    from ._protocol import Surface as Surface
+    from ._protocol import Text as Text
+    from ._protocol import as_adapter as as_adapter
     from ._spec import Rule as Rule
     from ._spec import load_rules as load_rules
     from ._standin import StandinFinder as StandinFinder
@@ -64,10 +74,20 @@ if TYPE_CHECKING:
     from ._ws_client import SocketRefusedError as SocketRefusedError
 
 _WHERE: dict[str, tuple[str, str]] = {
+    "CAPABILITIES": ("._protocol", "CAPABILITIES"),
+    "SANDBOX_VARIABLES": ("._protocol", "SANDBOX_VARIABLES"),
+    "Adapter": ("._protocol", "Adapter"),
+    "Button": ("._protocol", "Button"),
+    "LegacyAdapter": ("._protocol", "LegacyAdapter"),
+    "Peer": ("._protocol", "Peer"),
+    "ProtocolError": ("._protocol", "ProtocolError"),
+    "Surface": ("._protocol", "Surface"),
+    "Text": ("._protocol", "Text"),
+    "as_adapter": ("._protocol", "as_adapter"),
+    "ReferencePeer": ("._adapters", "ReferencePeer"),
+    "RuntimeView": ("._conform", "RuntimeView"),
     "action": ("._actions", "action"),
     "resolve_action": ("._actions", "resolve_action"),
-    "CAPABILITIES": ("._adapters", "CAPABILITIES"),
-    "SANDBOX_VARIABLES": ("._adapters", "SANDBOX_VARIABLES"),
     "FakeImplementation": ("._adapters", "FakeImplementation"),
     "Implementation": ("._adapters", "Implementation"),
     "ReferenceImplementation": ("._adapters", "ReferenceImplementation"),
@@ -121,6 +141,8 @@ __all__ = (
     "DEFAULT_START",
     "RECORD_MODES",
     "SANDBOX_VARIABLES",
+    "Adapter",
+    "Button",
     "CassetteError",
     "ClientView",
     "DeadlockError",
@@ -134,23 +156,31 @@ __all__ = (
     "HarnessRuntime",
     "Implementation",
     "InjectedFailure",
+    "LegacyAdapter",
     "NeverAwaitedError",
     "Outcome",
+    "Peer",
     "ProcessCall",
+    "ProtocolError",
     "RecordedProcessRunner",
     "ReferenceImplementation",
+    "ReferencePeer",
     "ReferenceWebSocketImplementation",
     "Result",
     "Rule",
+    "RuntimeView",
     "SocketClient",
     "SocketRefusedError",
     "StandinFinder",
     "Submission",
+    "Surface",
+    "Text",
     "UnmatchedCommandError",
     "VirtualClock",
     "VirtualEventLoop",
     "WatchdogError",
     "action",
+    "as_adapter",
     "fake_implementation",
     "install_democrai_standin",
     "load_rules",

@@ -24,33 +24,14 @@ from taskbed import PostgresStore, Runtime, SQLiteStore, TaskStore
 
 from ._client import ClientConnection
 from ._fake import HarnessRuntime
+from ._protocol import CAPABILITIES, SANDBOX_VARIABLES, V1_MEMBERS, Adapter, Peer
 
-#: Every capability a rule may require. An adapter declares the ones it supports; rules that
-#: need others are reported as skipped, not failed.
-CAPABILITIES: Mapping[str, str] = {
-    "registered_tasks": "run_background accepts names registered with register_task",
-    "modules": "register_module declares a module's sandbox access rules",
-    "processes": "run_subprocess starts real OS processes (POSIX: sh, echo, sleep, env)",
-    "restart": "restart(crash=...) replaces the runtime by a new one over the same store",
-    "websocket": "clients connect over WebSocket; the adapter offers issue_token(user, org, "
-    "ttl=None), await open_socket(token, origin=None) and ws_origin (specs/transport.md)",
-}
-
-#: The reference's sandbox variable names; an adapter maps them to its implementation's names.
-SANDBOX_VARIABLES = (
-    "MODULE_SDK_MODULE",
-    "MODULE_SDK_SUBJECT_KIND",
-    "MODULE_SDK_ACCESS",
-    "MODULE_SDK_USER_ID",
-    "MODULE_SDK_ORGANIZATION_ID",
-    "MODULE_SDK_SESSION_KEY",
-    "MODULE_SDK_REQUEST_ID",
-)
+__all__ = ("CAPABILITIES", "SANDBOX_VARIABLES")  # still importable from here (protocol v1)
 
 
 @runtime_checkable
 class Implementation(Protocol):
-    """The adapter an implementation of ``module_sdk.tasks`` provides to the suite.
+    """Protocol v1 of the adapter (still accepted; new adapters subclass ``Adapter``).
 
     Attributes:
         name: shown in reports.
@@ -104,30 +85,44 @@ class Implementation(Protocol):
         ...
 
 
-#: Every member of the protocol, data and methods (``dir()`` of a Protocol misses the data).
-PROTOCOL_MEMBERS = (
-    "name",
-    "capabilities",
-    "sandbox_names",
-    "deviations",
-    "start",
-    "stop",
-    "request",
-    "sdk",
-    "connect",
-    "wait",
-    "register_task",
-    "register_module",
-    "restart",
-)
+#: Every member of protocol v1 (kept for adapters and tools written against it).
+PROTOCOL_MEMBERS = V1_MEMBERS
 
 
-class ReferenceImplementation:
+class ReferencePeer:
+    """A second reference runtime over the adapter's SQLite file, alive beside the first."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.stopped = False
+
+    def request(
+        self, *, session: dict[str, Any], module: str, request_id: str | None
+    ) -> AbstractAsyncContextManager[Any]:
+        return self.runtime.request(session=session, module=module, request_id=request_id)
+
+    def sdk(self, *, session: dict[str, Any], module: str) -> Any:
+        return self.runtime.sdk(session=session, module=module)
+
+    def connect(self, user_id: Any, organization_id: Any = None) -> ClientConnection:
+        return self.runtime.connect(user_id, organization_id)
+
+    async def wait(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
+        return await self.runtime.wait(task_id, timeout)
+
+    async def stop(self) -> None:
+        if not self.stopped:
+            self.stopped = True
+            await self.runtime.stop()
+            self.runtime.store.close()
+
+
+class ReferenceImplementation(Adapter):
     """The reference runtime as a conformance adapter (``taskbed conform`` by default).
 
-    Each started instance owns a SQLite file in a temporary directory, so restart and recovery
-    are real; timestamps follow the loop's virtual clock when there is one. Creating an
-    instance costs nothing; ``start()`` makes the file and the runtime.
+    Each started instance owns a SQLite file in a temporary directory, so restart, recovery
+    and peers are real; timestamps follow the loop's virtual clock when there is one.
+    Creating an instance costs nothing; ``start()`` makes the file and the runtime.
 
     Args:
         postgres: a PostgreSQL DSN: each started instance then owns a new schema on that
@@ -137,7 +132,6 @@ class ReferenceImplementation:
 
     name = "reference"
     capabilities = frozenset(CAPABILITIES) - {"websocket"}  # its clients are in process
-    sandbox_names: Mapping[str, str] = {name: name for name in SANDBOX_VARIABLES}
     deviations: Mapping[str, str] = {}
     runtime_class: type[Runtime] = Runtime
     #: The store each runtime opens on the instance's file (a seam for broken stores in tests).
@@ -150,6 +144,7 @@ class ReferenceImplementation:
         self._registered: dict[str, Callable[..., Any]] = {}
         self._modules: dict[str, list[dict[str, Any]]] = {}
         self._abandoned: list[Runtime] = []
+        self._peers: list[ReferencePeer] = []
         self._runtime: Runtime | None = None
 
     @property
@@ -184,6 +179,9 @@ class ReferenceImplementation:
         await self._runtime.start()
 
     async def stop(self) -> None:
+        for peer in self._peers:
+            await peer.stop()
+        self._peers.clear()
         if self._runtime is not None:
             await self._runtime.stop()
             self._runtime.store.close()
@@ -205,21 +203,27 @@ class ReferenceImplementation:
     def sdk(self, *, session: dict[str, Any], module: str) -> Any:
         return self.runtime.sdk(session=session, module=module)
 
-    def connect(self, user_id: Any, organization_id: Any = None) -> ClientConnection:
+    def connect(
+        self, user_id: Any, organization_id: Any = None, credentials: Any = None
+    ) -> ClientConnection:
         return self.runtime.connect(user_id, organization_id)
 
-    async def wait(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
+    async def wait(self, task_id: Any, timeout: float | None = None) -> dict[str, Any]:
         return await self.runtime.wait(task_id, timeout)
 
     def register_task(self, name: str, func: Callable[..., Any]) -> None:
         self._registered[name] = func  # kept, so a restarted runtime knows it too
         if self._runtime is not None:
             self._runtime.register_task(name, func)
+        for peer in self._peers:
+            peer.runtime.register_task(name, func)
 
-    def register_module(self, name: str, access: list[dict[str, Any]]) -> None:
+    def register_module(self, name: str, access: Any) -> None:
         self._modules[name] = access
         if self._runtime is not None:
             self._runtime.register_module(name, access)
+        for peer in self._peers:
+            peer.runtime.register_module(name, access)
 
     async def restart(self, *, crash: bool = False) -> None:
         old = self.runtime
@@ -231,6 +235,13 @@ class ReferenceImplementation:
             old.store.close()
         self._runtime = self._new_runtime()
         await self._runtime.start()
+
+    async def peer(self) -> Peer:
+        self.runtime  # noqa: B018 - a peer joins a started implementation's store
+        peer = ReferencePeer(self._new_runtime())
+        await peer.runtime.start()
+        self._peers.append(peer)
+        return peer
 
 
 class FakeImplementation(ReferenceImplementation):
@@ -285,11 +296,11 @@ def _drop_schema(dsn: str, name: str) -> None:
         admin.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
 
 
-def reference() -> Implementation:
+def reference() -> Adapter:
     """The default ``--impl``: the reference runtime."""
     return ReferenceImplementation()
 
 
-def fake() -> Implementation:
+def fake() -> Adapter:
     """``--impl taskbed_harness:fake``: the harness's fake task manager."""
     return FakeImplementation()

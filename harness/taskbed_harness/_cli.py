@@ -76,7 +76,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _load_factory(spec: str) -> Callable[[], Any]:
     import importlib
 
-    from ._adapters import PROTOCOL_MEMBERS, Implementation
+    from ._protocol import ProtocolError, as_adapter
 
     spec = _SHORT_NAMES.get(spec, spec)
     module_name, _, attr = spec.partition(":")
@@ -94,12 +94,10 @@ def _load_factory(spec: str) -> Callable[[], Any]:
     if not callable(factory):
         raise SystemExit(f"taskbed conform: --impl {spec!r} is not callable")
     sample = factory()  # adapters are cheap to create; start() is where work begins
-    if not isinstance(sample, Implementation):
-        missing = [n for n in PROTOCOL_MEMBERS if not hasattr(sample, n)]
-        raise SystemExit(
-            f"taskbed conform: {spec}() returned {sample!r}, which lacks {missing} of the "
-            "adapter protocol taskbed_harness.Implementation (see docs/guides/conformance.md)"
-        )
+    try:
+        as_adapter(sample, f"{spec}()")
+    except ProtocolError as exc:
+        raise SystemExit(f"taskbed conform: {exc}") from None
     return factory  # type: ignore[no-any-return]
 
 
@@ -167,7 +165,7 @@ def _conform(args: argparse.Namespace) -> int:
     factory = _load_factory(args.impl)
     if args.postgres:
         factory = _on_postgres(factory, args.impl, args.postgres)
-    name = str(getattr(factory(), "name", args.impl))
+    name = str(getattr(factory(), "name", args.impl))  # checked by _load_factory
     results = _run_with_progress(rules, factory, name)
     text = RENDERERS[args.format](results, name)
     if args.output:
@@ -196,7 +194,7 @@ def _print_table(results: list[Any], name: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ._report import summary_line
+    from ._report import root_causes, summary_line
 
     style = {"pass": "green", "fail": "bold red", "skipped": "yellow", "deviation": "cyan"}
     table = Table(title=f"taskbed conformance: {name}", title_justify="left")
@@ -213,6 +211,10 @@ def _print_table(results: list[Any], name: str) -> None:
         console.print()
         for r in explained:
             console.print(f"[bold]{r.rule.id}[/] {r.outcome.value}: {r.reason}", highlight=False)
+        console.print()
+    for group in root_causes(results):  # one deviation, many rules: say it once
+        console.print(f"[bold]{group.sentence()}[/]", highlight=False)
+        console.print(f"  rules: {', '.join(group.rules)}", highlight=False)
         console.print()
     wall = sum(r.wall for r in results)
     virtual = sum(r.virtual for r in results)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from ._awaits import Checked
@@ -45,7 +45,8 @@ class ClientView:
         expect(kind, *, within=None, **fields) -> dict: the next message is *kind* with those
             body fields (camelCase, compared with ==); returns its body.
         expect_nothing(within): no message arrives during *within* seconds of virtual time.
-        respond(task_id, response), cancel(task_id): send a client command as this user.
+        respond(task_id, response), cancel(task_id): send a client command as this user
+            (with ``settle``, the adapter's hook, awaited after each command).
         get(task_id) -> dict: ask for a snapshot of the task and return the reply message.
         settle(): wait until every message already sent to this client has arrived (a
             transport delivers later than a call returns; in process this is at once).
@@ -60,9 +61,11 @@ class ClientView:
         organization_id: Any,
         *,
         track: Callable[[Checked[Any]], None] | None = None,
+        settle: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._connect = connect
         self._track = track  # the harness lists every check, to fail those never awaited
+        self._settle = settle
         self.user_id = user_id
         self.organization_id = organization_id
         self._connections: list[ClientConnection] = []
@@ -169,22 +172,26 @@ class ClientView:
 
     # ------------------------------------------------------------ sending
 
-    async def respond(self, task_id: str, response: Any) -> None:
-        await self.connection.send(
-            {"backgroundTaskResponse": {"taskId": task_id, "response": response}}
-        )
+    async def send(self, message: Message) -> None:
+        """Send a client command and, on an asynchronous bus, await its effect (``settle``)."""
+        await self.connection.send(message)
+        if self._settle is not None:
+            await self._settle()
 
-    async def cancel(self, task_id: str) -> None:
-        await self.connection.send({"backgroundTaskCancel": {"taskId": task_id}})
+    async def respond(self, task_id: Any, response: Any) -> None:
+        await self.send({"backgroundTaskResponse": {"taskId": task_id, "response": response}})
 
-    async def get(self, task_id: str) -> Message | None:
+    async def cancel(self, task_id: Any) -> None:
+        await self.send({"backgroundTaskCancel": {"taskId": task_id}})
+
+    async def get(self, task_id: Any) -> Message | None:
         """Ask for the task's snapshot and return the reply (None for a task this user cannot see).
 
         The reply also stays in the message stream, where ``expect`` will meet it.
         """
         await self.settle()
         before = len(self.connection.messages)
-        await self.connection.send({"backgroundTaskGet": {"taskId": task_id}})
+        await self.send({"backgroundTaskGet": {"taskId": task_id}})
         for message in self.connection.messages[before:]:  # a socket may carry others too
             if _body(message).get("taskId") == task_id:
                 return message
@@ -194,11 +201,14 @@ class ClientView:
         """Wait until every message already sent to this client has arrived.
 
         In process that is at once; a connection across a transport (the WebSocket client)
-        offers ``sync()``, a round trip that returns after everything sent before it.
+        offers ``sync()``, a round trip that returns after everything sent before it; an
+        adapter on an asynchronous bus gives its own ``settle`` hook.
         """
         sync = getattr(self.connection, "sync", None)
         if sync is not None and self.online:
             await sync()
+        elif self._settle is not None:
+            await self._settle()
         else:
             await asyncio.sleep(0)
 

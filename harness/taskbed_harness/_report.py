@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +25,42 @@ def totals(results: Sequence[Result]) -> dict[str, dict[str, int]]:
 
 def failed_must(results: Sequence[Result]) -> list[Result]:
     return [r for r in results if r.rule.level == "MUST" and r.outcome is Outcome.FAIL]
+
+
+@dataclasses.dataclass(frozen=True)
+class RootCause:
+    """Failures that arose at the same place: one deviation, however many rules it fails."""
+
+    root: str
+    results: tuple[Result, ...]
+
+    @property
+    def where(self) -> str:
+        """The place without its directories: ``queries.md:27: KeyError``."""
+        path, sep, rest = self.root.partition(":")
+        return f"{os.path.basename(path)}{sep}{rest}"
+
+    @property
+    def rules(self) -> list[str]:
+        return [r.rule.id for r in self.results]
+
+    def sentence(self) -> str:
+        first = self.results[0].reason
+        return f"{len(self.results)} rules failed at the same place ({self.where}): {first}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"root": self.root, "rules": self.rules, "reason": self.results[0].reason}
+
+
+def root_causes(results: Sequence[Result]) -> list[RootCause]:
+    """Failures grouped by root cause (same deepest frame and exception type), biggest first;
+    only groups of two rules or more: a failure of its own is its own explanation."""
+    grouped: dict[str, list[Result]] = {}
+    for r in results:
+        if r.outcome is Outcome.FAIL and r.root:
+            grouped.setdefault(r.root, []).append(r)
+    groups = [RootCause(root, tuple(rs)) for root, rs in grouped.items() if len(rs) > 1]
+    return sorted(groups, key=lambda g: -len(g.results))
 
 
 def summary_line(results: Sequence[Result]) -> str:
@@ -46,6 +84,7 @@ def to_json(results: Sequence[Result], implementation: str) -> str:
         "wall_seconds": round(wall, 3),
         "virtual_seconds": round(virtual, 3),
         "results": [r.as_json() for r in results],
+        "root_causes": [g.as_json() for g in root_causes(results)],
     }
     return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
 
@@ -96,6 +135,10 @@ def to_markdown(results: Sequence[Result], implementation: str) -> str:
             f"| {link} | {r.rule.level} | {_md(r.rule.title)} | {r.outcome.value} | "
             f"{_md(r.reason)} |"
         )
+    groups = root_causes(results)
+    if groups:
+        lines += ["", "Failures with one root cause:", ""]
+        lines += [f"- {_md(g.sentence())}: {', '.join(g.rules)}" for g in groups]
     return "\n".join(lines) + "\n"
 
 
@@ -110,6 +153,8 @@ def to_table(results: Sequence[Result], implementation: str) -> str:
         lines.append(f"{r.rule.id:<10} {r.rule.level:<7} {title:<{width}} {r.outcome.value}")
         if r.reason and r.outcome is not Outcome.PASS:
             lines.append(f"{'':<19}  -> {r.reason}")
+    for group in root_causes(results):
+        lines += ["", group.sentence(), f"  rules: {', '.join(group.rules)}"]
     lines += ["", summary_line(results)]
     return "\n".join(lines) + "\n"
 

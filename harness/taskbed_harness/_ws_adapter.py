@@ -57,10 +57,21 @@ class ReferenceWebSocketImplementation(ReferenceImplementation):
         await self._serve(self.runtime)
 
     async def stop(self) -> None:
-        await self._close_clients()
-        if self._server is not None:
-            await self._server.stop()
-            self._server = None
+        # As in process, a client stays readable after stop(): what the stopping runtime said
+        # (the error of each task it interrupted, MGR-3) crosses the sockets before they close.
+        if self._runtime is not None:
+            await self._runtime.stop()
+        for client in self._clients:
+            if not client.closed:
+                with contextlib.suppress(Exception):
+                    await client.sync()
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop()  # the sockets close; unsent outcomes go back to the store
+        clients, self._clients = self._clients, []
+        for client in clients:
+            with contextlib.suppress(Exception):
+                await client.wait_closed()
         await super().stop()
 
     async def _close_clients(self) -> None:
@@ -108,7 +119,9 @@ class ReferenceWebSocketImplementation(ReferenceImplementation):
         clock = getattr(asyncio.get_running_loop(), "clock", None)
         return clock.now if clock is not None else self.runtime.clock.now
 
-    def connect(self, user_id: Any, organization_id: Any = None) -> SocketClient:
+    def connect(
+        self, user_id: Any, organization_id: Any = None, credentials: Any = None
+    ) -> SocketClient:
         server = self._server
         if server is None:
             raise RuntimeError("the implementation is not started; await start() first")

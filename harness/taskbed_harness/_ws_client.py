@@ -180,6 +180,16 @@ class SocketClient:
             self._opened.cancel()
         self._closing = asyncio.create_task(self.aclose())
 
+    async def wait_closed(self) -> None:
+        """Wait until the socket is closed (by the server); what arrived stays readable."""
+        if not self._opened.done():
+            self._opened.cancel()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await self._opened
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
     async def aclose(self) -> None:
         """Close the socket and wait for the reader to finish."""
         self.closed = True

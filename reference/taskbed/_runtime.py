@@ -49,6 +49,10 @@ class Runtime:
     #: implementations in the conformance suite's own tests).
     sdk_class: type[ModuleSDK] = ModuleSDK
     tasks_class: type[Tasks] = Tasks
+    #: The client channel, built as ``channel_class(store, clock)``, and the process runner
+    #: used when none is passed, built as ``process_runner_class()`` (the same seams).
+    channel_class: type[ConnectionRegistry] = ConnectionRegistry
+    process_runner_class: type[OSProcessRunner] = OSProcessRunner
 
     def __init__(
         self,
@@ -65,9 +69,9 @@ class Runtime:
     ) -> None:
         self.store: TaskStore = store if store is not None else MemoryStore()
         self.clock: Clock = clock if clock is not None else WallClock()
-        self.channel = ConnectionRegistry(self.store, self.clock)
+        self.channel = self.channel_class(self.store, self.clock)
         self.processes: ProcessRunner = (
-            process_runner if process_runner is not None else OSProcessRunner()
+            process_runner if process_runner is not None else self.process_runner_class()
         )
         self.pool = WorkerPool(max_workers)
         self.lease_seconds = lease_seconds

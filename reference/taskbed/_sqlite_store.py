@@ -160,6 +160,10 @@ class SQLiteStore:
     being killed (not necessarily a power cut).
     """
 
+    #: The DDL run when the store opens (idempotent statements separated by ``;``). A seam: a
+    #: subclass may add indexes, or (in the conformance suite's one-bug variants) drop one.
+    schema: str = _SCHEMA
+
     def __init__(self, path: str | os.PathLike[str] = ":memory:", *, busy_timeout: float = 10.0):
         self.path = os.fspath(path)
         self.shared = self.path != ":memory:" and not self.path.startswith("file::memory:")
@@ -189,7 +193,7 @@ class SQLiteStore:
                     self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 with self._transaction():
-                    for statement in _SCHEMA.split(";"):
+                    for statement in self.schema.split(";"):
                         if statement.strip():
                             self._db.execute(statement)
                 return

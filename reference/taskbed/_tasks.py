@@ -222,6 +222,12 @@ class Tasks:
     # ------------------------------------------------------------ helpers
 
     @property
+    def runtime(self) -> Host:
+        """The runtime this facade belongs to (its ``manager``, ``store``, ...): a seam for
+        adapters and one-bug variants."""
+        return self._runtime
+
+    @property
     def _manager(self) -> TaskManager | None:
         return self._runtime.manager
 
