@@ -42,6 +42,28 @@ def _held_time() -> contextlib.AbstractContextManager[None]:
     return hold() if hold is not None else contextlib.nullcontext()
 
 
+#: Real seconds a held wait may last; past that it is an error, never a hang.
+HELD_LIMIT = 30.0
+
+
+async def _held_until(future: asyncio.Future[Any], what: str) -> Any:
+    """Await *future* with virtual time held, polling, for at most ``HELD_LIMIT`` real seconds.
+
+    While time is held the loop cannot fire a timeout, so the bound is counted here, on the
+    real clock; each ``sleep(0)`` lets the loop poll the socket once.
+    """
+    if getattr(asyncio.get_running_loop(), "external_work", None) is None:
+        return await future  # a plain loop: its own timeouts apply
+    deadline = time.monotonic() + HELD_LIMIT
+    with _held_time():
+        while not future.done():
+            if time.monotonic() > deadline:
+                future.cancel()
+                raise ConnectionError(f"no {what} within {HELD_LIMIT:.0f} s (real time)")
+            await asyncio.sleep(0)
+    return future.result()
+
+
 class SocketClient:
     """One user's WebSocket connection to a ``taskbed.ws.WebSocketChannel``.
 
@@ -80,16 +102,18 @@ class SocketClient:
 
     async def _open(self) -> ClientConnection:
         headers = {"Origin": self._origin} if self._origin else None
-        with _held_time():  # the handshake is real I/O: virtual time must not jump over it
-            try:
-                socket = await connect(
-                    self.url, additional_headers=headers, ping_interval=None, compression=None,
-                    max_size=None, open_timeout=None,
-                )  # fmt: skip
-            except InvalidStatus as exc:
-                response = exc.response
-                text = response.body.decode("utf-8", "replace").strip() if response.body else ""
-                raise SocketRefusedError(response.status_code, text) from None
+        opening = asyncio.ensure_future(
+            connect(
+                self.url, additional_headers=headers, ping_interval=None, compression=None,
+                max_size=None, open_timeout=None,
+            )
+        )  # fmt: skip
+        try:  # the handshake is real I/O: virtual time must not jump over it
+            socket: ClientConnection = await _held_until(opening, "the opening handshake")
+        except InvalidStatus as exc:
+            response = exc.response
+            text = response.body.decode("utf-8", "replace").strip() if response.body else ""
+            raise SocketRefusedError(response.status_code, text) from None
         self._socket = socket
         self._reader = asyncio.create_task(self._read_loop(socket))
         return socket
@@ -151,11 +175,11 @@ class SocketClient:
         waiter = asyncio.get_running_loop().create_future()
         self._synced[sync_id] = waiter
         try:
-            with _held_time():  # the answer is on its way: no virtual timeout may fire first
-                if self._reader is None or self._reader.done():
-                    raise ConnectionError("the server closed the socket")
-                await socket.send(json.dumps({"channelSync": {"id": sync_id}}))
-                await waiter
+            if self._reader is None or self._reader.done():
+                raise ConnectionError("the server closed the socket")
+            await socket.send(json.dumps({"channelSync": {"id": sync_id}}))
+            # the answer is on its way: no virtual timeout may fire first
+            await _held_until(waiter, "the server's channelSynced answer")
         except ConnectionClosed as exc:
             raise ConnectionError(f"the server closed the socket: {exc}") from None
         finally:
