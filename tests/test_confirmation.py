@@ -391,12 +391,13 @@ async def test_an_answer_after_a_timed_out_question_does_not_answer_the_next(
 
         async def job() -> Any:
             task_id = await own_id
-            question = ui.Builder().add(ui.Text("First?"))
+            question = ui.Builder().add(ui.Text("q1", "First?"))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(sdk.tasks.request_confirmation(task_id, question), 0.05)
             timed_out.set()
             await go_on.wait()
-            return await sdk.tasks.request_confirmation(task_id, ui.Builder().add(ui.Text("2?")))
+            again = ui.Builder().add(ui.Text("q2", "2?"))
+            return await sdk.tasks.request_confirmation(task_id, again)
 
         task_id = await sdk.tasks.run_background(job(), "Twice")
         own_id.set_result(task_id)
