@@ -31,6 +31,7 @@ from taskbed_harness._adapters import fake, reference
 from taskbed_harness._conform import Outcome, run_suite
 from taskbed_harness._report import to_markdown
 from taskbed_harness._spec import load_pages, load_rules
+from taskbed_harness._ws_adapter import reference_ws
 
 log = logging.getLogger("mkdocs.hooks.taskbed")
 
@@ -98,6 +99,7 @@ def _compliance(specs: str) -> str:
     implementations = (
         ("reference", "Reference runtime", reference),
         ("fake", "Fake task manager (harness)", fake),
+        ("reference-ws", "Reference runtime, clients over WebSocket", reference_ws),
     )
     for name, title, factory in implementations:
         started = time.perf_counter()
@@ -106,7 +108,7 @@ def _compliance(specs: str) -> str:
         timings.append(f"{name} {elapsed:.1f} s")
         log.info("compliance: judged %s on %d rules in %.1f s", name, len(results), elapsed)
         for r in results:
-            if r.outcome is Outcome.FAIL:  # both must hold every rule: fail the strict build
+            if r.outcome is Outcome.FAIL:  # each must hold every rule: fail the strict build
                 log.warning(
                     "compliance: %s fails %s (%s): %s", name, r.rule.id, r.rule.level, r.reason
                 )

@@ -68,6 +68,10 @@ if TYPE_CHECKING:
     from ._standin import install_democrai_standin as install_democrai_standin
     from ._standin import platform_installed as platform_installed
     from ._standin import uninstall_democrai_standin as uninstall_democrai_standin
+    from ._ws_adapter import ReferenceWebSocketImplementation as ReferenceWebSocketImplementation
+    from ._ws_adapter import reference_ws as reference_ws_implementation
+    from ._ws_client import SocketClient as SocketClient
+    from ._ws_client import SocketRefusedError as SocketRefusedError
 
 _WHERE: dict[str, tuple[str, str]] = {
     "CAPABILITIES": ("._protocol", "CAPABILITIES"),
@@ -119,6 +123,11 @@ _WHERE: dict[str, tuple[str, str]] = {
     "UnmatchedCommandError": ("._processes", "UnmatchedCommandError"),
     "Rule": ("._spec", "Rule"),
     "load_rules": ("._spec", "load_rules"),
+    # needs the serve extra (websockets); resolved lazily like the rest
+    "ReferenceWebSocketImplementation": ("._ws_adapter", "ReferenceWebSocketImplementation"),
+    "reference_ws_implementation": ("._ws_adapter", "reference_ws"),
+    "SocketClient": ("._ws_client", "SocketClient"),
+    "SocketRefusedError": ("._ws_client", "SocketRefusedError"),
     "StandinFinder": ("._standin", "StandinFinder"),
     "install_democrai_standin": ("._standin", "install_democrai_standin"),
     "platform_installed": ("._standin", "platform_installed"),
@@ -156,9 +165,12 @@ __all__ = (
     "RecordedProcessRunner",
     "ReferenceImplementation",
     "ReferencePeer",
+    "ReferenceWebSocketImplementation",
     "Result",
     "Rule",
     "RuntimeView",
+    "SocketClient",
+    "SocketRefusedError",
     "StandinFinder",
     "Submission",
     "Surface",
@@ -175,6 +187,7 @@ __all__ = (
     "new_virtual_loop",
     "platform_installed",
     "reference_implementation",
+    "reference_ws_implementation",
     "resolve_action",
     "run_rule",
     "run_suite",

@@ -132,7 +132,7 @@ class ReferenceImplementation(Adapter):
     """
 
     name = "reference"
-    capabilities = frozenset(CAPABILITIES)
+    capabilities = frozenset(CAPABILITIES) - {"websocket"}  # its clients are in process
     deviations: Mapping[str, str] = {}
     runtime_class: type[Runtime] = Runtime
     #: The store each runtime opens on the instance's file (a seam for broken stores in tests).

@@ -50,11 +50,35 @@ async def _demo(db: str | None) -> int:
     return 0 if row["status"] == "completed" else 1
 
 
+#: ``--impl`` names that need no ``module:factory``.
+_SHORT_NAMES = {
+    "reference": "taskbed_harness:reference_implementation",
+    "reference-ws": "taskbed_harness:reference_ws_implementation",
+    "fake": "taskbed_harness:fake_implementation",
+}
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("websockets") is None:
+        print(
+            "taskbed serve needs the serve extra (websockets); install it with: "
+            "python -m pip install '<path to taskbed>[serve]'",
+            file=sys.stderr,
+        )
+        return 2
+    from ._serve import serve_forever
+
+    return asyncio.run(serve_forever(args.module, db=args.db, host=args.host, port=args.port))
+
+
 def _load_factory(spec: str) -> Callable[[], Any]:
     import importlib
 
     from ._protocol import ProtocolError, as_adapter
 
+    spec = _SHORT_NAMES.get(spec, spec)
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise SystemExit(
@@ -245,8 +269,10 @@ def _main(argv: Sequence[str] | None) -> int:
     conform.add_argument(
         "--impl",
         default="taskbed_harness:reference_implementation",
-        help="the adapter factory, 'package.module:factory' (default: the reference runtime; "
-        "taskbed_harness:fake_implementation judges the harness's fake task manager)",
+        help="the adapter factory, 'package.module:factory', or one of the short names "
+        "'reference' (the default: the reference runtime), 'reference-ws' (the reference "
+        "runtime with its clients over WebSocket; needs the serve extra) and 'fake' (the "
+        "harness's fake task manager)",
     )
     conform.add_argument(
         "--rules", action="append", metavar="PATTERN", help="only rules matching, e.g. 'DEDUP-*'"
@@ -264,7 +290,30 @@ def _main(argv: Sequence[str] | None) -> int:
     conform.add_argument("--specs", metavar="DIR", help="read spec pages from DIR")
     conform.add_argument("--list", action="store_true", help="list the rules and exit")
     conform.add_argument("--index", metavar="FILE", help="write the rules index (rules.json)")
+    serve = commands.add_parser(
+        "serve",
+        help="serve a module's actions and a live page of its tasks on localhost",
+        description="Start the reference runtime on SQLite with the module's actions, and "
+        "serve a page where you pick a user, call an action and watch that user's tasks live "
+        "(needs the serve extra). See docs/guides/live-view.md.",
+    )
+    serve.add_argument(
+        "module", help="a Python file with actions: async def f(ctx, session, module_sdk)"
+    )
+    serve.add_argument(
+        "--db",
+        default="taskbed-serve.db",
+        help="the SQLite file of the tasks (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="a loopback address (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--port", type=int, default=8765, help="0 picks a free one (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
     if args.command == "demo":
         return asyncio.run(_demo(args.db))
     if args.command == "conform":

@@ -48,6 +48,8 @@ class ClientView:
         respond(task_id, response), cancel(task_id): send a client command as this user
             (with ``settle``, the adapter's hook, awaited after each command).
         get(task_id) -> dict: ask for a snapshot of the task and return the reply message.
+        settle(): wait until every message already sent to this client has arrived (a
+            transport delivers later than a call returns; in process this is at once).
         disconnect(), reconnect(): go offline (durable messages are kept) and come back.
         messages, kinds, bodies(kind), timeline: what was received, over all connections.
     """
@@ -187,9 +189,28 @@ class ClientView:
 
         The reply also stays in the message stream, where ``expect`` will meet it.
         """
+        await self.settle()
         before = len(self.connection.messages)
         await self.send({"backgroundTaskGet": {"taskId": task_id}})
-        return self.connection.messages[before] if len(self.connection.messages) > before else None
+        for message in self.connection.messages[before:]:  # a socket may carry others too
+            if _body(message).get("taskId") == task_id:
+                return message
+        return None
+
+    async def settle(self) -> None:
+        """Wait until every message already sent to this client has arrived.
+
+        In process that is at once; a connection across a transport (the WebSocket client)
+        offers ``sync()``, a round trip that returns after everything sent before it; an
+        adapter on an asynchronous bus gives its own ``settle`` hook.
+        """
+        sync = getattr(self.connection, "sync", None)
+        if sync is not None and self.online:
+            await sync()
+        elif self._settle is not None:
+            await self._settle()
+        else:
+            await asyncio.sleep(0)
 
     # ------------------------------------------------------------ presence
 

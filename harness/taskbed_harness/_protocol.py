@@ -60,6 +60,8 @@ CAPABILITIES: Mapping[str, str] = {
         "break_store() makes every store write fail (an I/O error), heal_store() ends it; "
         "lock_store() holds the store's write lock from outside (specs/leases.md)"
     ),
+    "websocket": "clients connect over WebSocket; the adapter offers issue_token(user, org, "
+    "ttl=None), await open_socket(token, origin=None) and ws_origin (specs/transport.md)",
 }
 
 #: The reference's sandbox variable names; an adapter maps them to its implementation's names.

@@ -1,6 +1,7 @@
 """taskbed: the reference runtime of the ``module_sdk.tasks`` API (standard library only)."""
 
 from . import ui as ui
+from ._auth import TokenSigner as TokenSigner
 from ._channel import Connection as Connection
 from ._channel import ConnectionRegistry as ConnectionRegistry
 from ._context import RequestContext as RequestContext
@@ -24,6 +25,7 @@ from ._errors import SandboxViolationError as SandboxViolationError
 from ._errors import StoreWriteError as StoreWriteError
 from ._errors import TaskbedError as TaskbedError
 from ._errors import TaskKeyRefusedError as TaskKeyRefusedError
+from ._errors import TokenRefusedError as TokenRefusedError
 from ._errors import UnknownTaskError as UnknownTaskError
 from ._errors import UnknownTaskNameError as UnknownTaskNameError
 from ._host import Host as Host
@@ -112,6 +114,8 @@ __all__ = (
     "TaskStore",
     "TaskbedError",
     "Tasks",
+    "TokenRefusedError",
+    "TokenSigner",
     "UnknownTaskError",
     "UnknownTaskNameError",
     "WallClock",

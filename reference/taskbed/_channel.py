@@ -187,14 +187,16 @@ class ConnectionRegistry:
 
     def connect(self, user_id: Any, organization_id: Any = None) -> Connection:
         """Open a connection for a user; deliver what was kept while they were offline."""
-        owner = Owner(user_id, organization_id)
-        conn = Connection(self, owner)
-        conns = self._by_owner.setdefault(self._slot(owner), [])
+        return self.attach(Connection(self, Owner(user_id, organization_id)))
+
+    def attach(self, conn: Connection) -> Connection:
+        """Register *conn* (any Connection subclass, e.g. a socket's) and deliver its backlog."""
+        conns = self._by_owner.setdefault(self._slot(conn.owner), [])
         conns.append(conn)
         if self._broadcast is not None and len(conns) == 1:
-            kept = self._broadcast.join(owner)
+            kept = self._broadcast.join(conn.owner)
         else:
-            kept = self.store.drain(owner)
+            kept = self.store.drain(conn.owner)
         for message in kept:
             conn.deliver(message)
         return conn

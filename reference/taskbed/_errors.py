@@ -104,3 +104,7 @@ class LeaseLostError(TaskbedError, RuntimeError):
 class StoreWriteError(TaskbedError, RuntimeError):
     """The task store could not be written within its retry window (I/O error, full disk,
     a lock held elsewhere). The change it carried was not made."""
+
+
+class TokenRefusedError(TaskbedError, PermissionError):
+    """A client token that is malformed, wrongly signed, expired or already used."""
