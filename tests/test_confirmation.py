@@ -396,7 +396,8 @@ async def test_an_answer_after_a_timed_out_question_does_not_answer_the_next(
                 await asyncio.wait_for(sdk.tasks.request_confirmation(task_id, question), 0.05)
             timed_out.set()
             await go_on.wait()
-            return await sdk.tasks.request_confirmation(task_id, ui.Builder().add(ui.Text("q", "2?")))
+            second = ui.Builder().add(ui.Text("q", "2?"))
+            return await sdk.tasks.request_confirmation(task_id, second)
 
         task_id = await sdk.tasks.run_background(job(), "Twice")
         own_id.set_result(task_id)
