@@ -20,6 +20,7 @@ import contextlib
 import contextvars
 import dataclasses
 import fnmatch
+import functools
 import inspect
 import json
 import math
