@@ -86,9 +86,14 @@ def test_the_page_states_the_adapter_size_it_has() -> None:
 
 def test_the_skipped_peer_rules_are_asked_of_two_processes(verdict: dict[str, Any]) -> None:
     skipped = {r["rule"] for r in verdict["results"] if r["outcome"] == "skipped"}
-    needs_peer = {r.id for r in load_rules(ROOT / "specs") if "peer" in r.requires}
+    rules = load_rules(ROOT / "specs")
+    # Only the peer rules can be asked of two processes; the lease, store-fault and socket
+    # rules need hooks the platform has no counterpart for (S2, S3 on docs/platform.md).
+    unanswerable = {"leases", "store_faults", "websocket"}
+    needs_peer = {r.id for r in rules if "peer" in r.requires and not r.requires & unanswerable}
     asked = set(verdict["two_runtimes"]) - {"evidence"}
-    assert skipped == needs_peer == asked
+    assert needs_peer == asked
+    assert skipped == asked | {r.id for r in rules if r.requires & unanswerable}
     assert {verdict["two_runtimes"][rule] for rule in asked} <= {"pass", "fail"}
 
 
