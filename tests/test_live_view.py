@@ -237,7 +237,8 @@ def test_the_page_comes_back_after_a_crash_and_shows_what_happened(
             re.compile("connected as user 7"), timeout=15_000
         )
         card = page.locator(".card").first
-        expect(card.locator(".status")).to_have_text("interrupted")
+        # Recovered once the killed run's lease (5 s in `taskbed serve`) has run out.
+        expect(card.locator(".status")).to_have_text("interrupted", timeout=20_000)
         expect(card.locator(".outcome")).to_contain_text("restart")
         expect(page.locator(".card")).to_have_count(1)  # the queued error and the row: one card
     finally:

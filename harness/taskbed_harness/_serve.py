@@ -142,7 +142,9 @@ class LiveServer:
     async def start(self) -> None:
         if self.runtime is not None:
             return
-        self.runtime = Runtime(store=SQLiteStore(self.db))
+        # One server on its own file: a short lease, so that after a crash the restarted
+        # server recovers the old run's tasks within seconds (liveness is the lease alone).
+        self.runtime = Runtime(store=SQLiteStore(self.db), lease_seconds=5.0)
         await self.runtime.start()
         self.channel = WebSocketChannel(
             self.runtime, host=self.host, port=self.port, actions=self._call, http=self._http
