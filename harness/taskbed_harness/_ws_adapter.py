@@ -38,10 +38,6 @@ class ReferenceWebSocketImplementation(ReferenceImplementation):
         "BG-7": "its check of a cancel before the task's first step needs the cancel to act "
         "within the submitting call's loop iteration; a cancel across a socket arrives after "
         "the task has started (cancelling a running or waiting task is judged by BG-8 and CONF-5)",
-        # Known and not yet understood: both fail since the fenced store (issue 11) and the
-        # socket channel (issue 14) were merged; in process they pass. Tracked in issue 14.
-        "LEASE-3": "fails over the socket since the fenced store landed; under investigation",
-        "LEASE-8": "fails over the socket since the fenced store landed; under investigation",
     }
 
     #: The server class (a seam for deliberately broken channels in the suite's own tests).
