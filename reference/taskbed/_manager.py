@@ -282,7 +282,12 @@ class TaskManager:
         if running:
             await asyncio.gather(*running, return_exceptions=True)
         while self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+            # Taken out of the set, not left for its discard callback: on Python 3.12 a
+            # gather of tasks that are all done returns without yielding, so that callback
+            # would never run and this loop would spin. What they spawn comes next round.
+            batch = list(self._background)
+            self._background.difference_update(batch)
+            await asyncio.gather(*batch, return_exceptions=True)
         if self._unstored:
             with contextlib.suppress(Exception):
                 await self._store_unstored()
