@@ -58,6 +58,8 @@ PIPE_GRACE = 0.25
 _CANCEL_POLL = 0.1
 #: The sweep gives up after this long (a descendant forking faster than we can kill).
 _SWEEP_LIMIT = 1.0
+#: How many scans in a row must find nothing before the sweep believes it.
+_CLEAN_SCANS = 3
 
 _PROC = "/proc"
 _HAS_PIDFD = hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
@@ -195,10 +197,18 @@ def sweep(tag: str, root: int | None = None, limit: float = _SWEEP_LIMIT) -> int
     """
     killed = 0
     deadline = time.monotonic() + limit
+    clean = 0
     while True:
         alive = tagged_processes(tag, root)
         if not alive:
-            return killed
+            # One clean scan is not enough: a process in the middle of an exec shows no
+            # environment for a moment, so it would be missed. Three in a row, 2 ms apart.
+            clean += 1
+            if clean >= _CLEAN_SCANS or time.monotonic() > deadline:
+                return killed
+            time.sleep(0.002)
+            continue
+        clean = 0
         for pid, started in alive.items():
             _kill(pid, started)
         killed += len(alive)
