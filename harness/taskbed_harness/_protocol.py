@@ -128,18 +128,11 @@ def reference_builder(surface: Surface) -> ui.Builder:
     return builder
 
 
-def _reference_component(n: int, component: Text | Button) -> Any:
-    # taskbed.ui has spoken two vocabularies: plain dicts (ui.Text(text)), and the platform's
-    # component classes, which carry an id (ui.Text(id, text)); build in whichever it speaks.
-    text: Any = ui.Text
-    button: Any = ui.Button
-    if isinstance(getattr(ui, "Component", None), type):
-        if isinstance(component, Text):
-            return text(f"text-{n}", component.text)
-        return button(f"button-{n}", component.label)
+def _reference_component(n: int, component: Text | Button) -> ui.Component:
+    """The platform's component for a neutral one; the ids are the components' positions."""
     if isinstance(component, Text):
-        return text(component.text)
-    return button(component.label, value=component.value)
+        return ui.Text(f"text-{n}", component.text)
+    return ui.Button(f"button-{n}", component.label)
 
 
 # ---------------------------------------------------------------- the protocol
