@@ -238,3 +238,15 @@ def test_a_pid_whose_start_time_changed_is_not_signalled(reaper: list[int]) -> N
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.rule("CMD-12")
+def test_one_empty_scan_does_not_end_the_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process in the middle of an exec shows no environment for a moment, so one scan can
+    miss it; the sweep goes on until several scans in a row find nothing."""
+    scans = iter([{}, {4242: b"started"}, {}])  # missed once, then seen, then gone
+    monkeypatch.setattr(_process, "tagged_processes", lambda tag, root=None: next(scans, {}))
+    killed: list[int] = []
+    monkeypatch.setattr(_process, "_kill", lambda pid, started: killed.append(pid))
+    assert sweep("some-tag") == 1
+    assert killed == [4242]
