@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
+from _pytest.config import parse_warning_filter  # how pytest reads filterwarnings
 
 from taskbed import (
     ACTIVE,
@@ -294,6 +295,8 @@ NO_TOOTH = {"DEDUP-4", "CTX-3"}
 
 RULES = load_rules()
 RULE_IDS = {rule.id for rule in RULES}
+
+
 def failures(factory: Callable[[], Any]) -> dict[str, str]:
     """Run the whole suite against *factory*; each rule that failed, with its reason.
 
@@ -323,11 +326,11 @@ def _judge_in_worker(broken_id: str) -> dict[str, str]:
     return failures(next(b for b in BROKEN if b.id == broken_id).factory)
 
 
-def _worker_setup() -> None:
-    """A worker runs the rules as this pytest run would: every warning is an error (the
-    project's ``filterwarnings``); the runtime's log lines are not printed."""
-    warnings.simplefilter("error")
-    warnings.filterwarnings("ignore", "mypy_extensions.TypedDict is deprecated", DeprecationWarning)
+def _worker_setup(filters: list[str]) -> None:
+    """A worker runs the rules under this run's ``filterwarnings`` (every warning an error,
+    in this project), applied as pytest applies them; the runtime's log lines are not printed."""
+    for line in filters:
+        warnings.filterwarnings(*parse_warning_filter(line, escape=False))
     logging.getLogger().addHandler(logging.NullHandler())
 
 
@@ -353,7 +356,10 @@ def verdicts(request: pytest.FixtureRequest) -> Iterator[Callable[[Broken], dict
         return
     context = multiprocessing.get_context("spawn")  # not fork: this process has threads
     with concurrent.futures.ProcessPoolExecutor(
-        TEETH_WORKERS, mp_context=context, initializer=_worker_setup
+        TEETH_WORKERS,
+        mp_context=context,
+        initializer=_worker_setup,
+        initargs=(request.config.getini("filterwarnings"),),
     ) as pool:
         pending = {b.id: pool.submit(_judge_in_worker, b.id) for b in BROKEN if b.id in selected}
         try:
