@@ -124,6 +124,42 @@ REAL_NAMESPACE = textwrap.dedent(
 )
 
 
+STOP_AFTER_A_WRITE = textwrap.dedent(
+    """
+    import asyncio
+
+    from taskbed_harness import Harness, new_virtual_loop
+
+
+    async def main():
+        async with Harness() as tb, tb.request() as sdk:
+            first = await sdk.tasks.run_background(asyncio.sleep(60), "Import", task_key="k")
+            await tb.wait(first)
+            await sdk.tasks.run_background(asyncio.sleep(60), "Import", task_key="k")
+        # leaving stops the runtime while the write of the first task's end has just finished
+
+
+    loop = new_virtual_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    print("stopped")
+    """
+)
+
+
+def test_stop_ends_on_the_platforms_python() -> None:
+    """On Python 3.12 a gather of tasks that are all done returns without yielding; stop()
+    once spun forever there on a just-finished background write (3.11 never showed it)."""
+    assert PYTHON is not None
+    done = subprocess.run(
+        [PYTHON, "-c", STOP_AFTER_A_WRITE], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "stopped"
+
+
 def test_ui_and_effects_give_the_platforms_dicts() -> None:
     assert PYTHON is not None
     done = subprocess.run(
