@@ -73,18 +73,20 @@ def test_a_stuck_worker_thread_fails_the_run_naming_the_thread_and_its_stack(
 def test_a_stuck_process_is_named_and_killed(loop: VirtualEventLoop) -> None:
     async def main() -> None:
         proc = await asyncio.create_subprocess_exec("sleep", "3600")
-        pids.append(proc.pid)
+        procs.append(proc)
         await proc.wait()
 
-    pids: list[int] = []
+    procs: list[asyncio.subprocess.Process] = []
     with pytest.raises(WatchdogError, match=r"- subprocess pid \d+: \['sleep', '3600'\]"):
         loop.run_until_complete(main())
-    # killed: its pid is gone (reaped by asyncio's child watcher) within a moment
+    # killed: its pid is gone (reaped by asyncio's child watcher) within a moment, and the
+    # loop hears of it (else its Popen, still "running", warns when collected, anywhere later)
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and _alive(pids[0]):
+    while time.monotonic() < deadline and (_alive(procs[0].pid) or procs[0].returncode is None):
         loop.run_until_complete(asyncio.sleep(0))
         time.sleep(0.01)
-    assert not _alive(pids[0])
+    assert not _alive(procs[0].pid)
+    assert procs[0].returncode == -signal.SIGKILL
 
 
 def test_a_job_that_polls_forever_is_stopped_and_says_where(loop: VirtualEventLoop) -> None:
