@@ -1,13 +1,21 @@
 """The real ProcessRunner: one OS process per call, in its own process group.
 
-Mechanism, chosen by measuring (see docs/benchmarks.md): ``subprocess.Popen`` in a worker
-thread, which reads the pipes and waits for the exit; the event loop never blocks. asyncio's
-``create_subprocess_exec`` adds transports, protocols and a child watcher per call, and
-measured slower. ``process_group=0`` rather than ``start_new_session`` or a ``preexec_fn``:
-the same isolation for ``killpg``, and it keeps the vfork path of ``_posixsubprocess``.
+Mechanism, chosen by measuring (see docs/benchmarks.md): ``subprocess.Popen`` on the event
+loop's thread, with the read ends of its pipes and a pidfd of the process as loop readers; no
+thread is involved while a command runs and ends on its own. Waiting in a worker thread, as
+earlier versions did, cost a thread hop each way, about 0.2 ms a call, a third of running
+``true``. The price: the loop waits for the spawn itself. ``Popen`` uses vfork, which returns
+once the child has exec'd (about 0.1 ms for a local program; as long as the exec takes for a
+program on a slow network filesystem). CPython drops the GIL around that vfork (gh-104372), so
+a worker thread would spare the loop that moment; this runner does not (CMD-8 says so).
+asyncio's ``create_subprocess_exec`` adds transports, protocols and a child watcher per call,
+and measured slower still. ``process_group=0`` rather than ``start_new_session`` or a
+``preexec_fn``: the same isolation for ``killpg``, and it keeps the vfork path.
 ``os.posix_spawn`` would save ~130 us a call (it encodes the environment in C), but it holds
-the GIL until the child has exec'd (a file action blocked on a FIFO froze every other thread):
-a slow exec, a program on a network filesystem, would freeze the event loop. Not used.
+the GIL until the child has exec'd. A timeout is real time, kept by a timer thread (a loop on
+virtual time stands still while a process runs). The pidfd leaves the exited command a zombie
+until it is reaped, so its pid and group id cannot be reused meanwhile. Without pidfds (not
+Linux, or a kernel before 5.3) a worker thread waits for the exit.
 
 Ending a command (timeout or cancellation, CMD-6 and CMD-12) — theory of operation:
 
@@ -53,9 +61,6 @@ from ._ports import ProcessResult
 TAG_VARIABLE = "TASKBED_PROCESS_TAG"
 #: How long the output of a killed command is drained before its pipes are abandoned.
 PIPE_GRACE = 0.25
-#: How often a waiting thread looks whether its call was cancelled, should a descendant that
-#: escaped the process group keep the pipes open after the group was killed.
-_CANCEL_POLL = 0.1
 #: The sweep gives up after this long (a descendant forking faster than we can kill).
 _SWEEP_LIMIT = 1.0
 #: How many scans in a row must find nothing before the sweep believes it.
@@ -221,38 +226,140 @@ def sweep(tag: str, root: int | None = None, limit: float = _SWEEP_LIMIT) -> int
 
 
 class _Output:
-    """A command's stdout and stderr, read as they come, for as long as we choose to wait."""
+    """A command's stdout and stderr as they come: read by the loop (``feed``, on readiness)
+    while the command runs, and by a worker thread (``drain``) once it has been killed."""
 
-    def __init__(self, out: int | None, err: int | None) -> None:
-        self.fds = (out, err)
-        self.chunks: dict[int, list[bytes]] = {fd: [] for fd in self.fds if fd is not None}
-        self.selector = selectors.PollSelector()
-        for fd in self.chunks:
-            self.selector.register(fd, selectors.EVENT_READ)
+    def __init__(self, capture: bool) -> None:
+        self.readers: tuple[int, int] | None = None
+        self.writers: tuple[int, int] | None = None
+        if capture:
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            os.set_blocking(out_r, False)
+            os.set_blocking(err_r, False)
+            self.readers, self.writers = (out_r, err_r), (out_w, err_w)
+        self.chunks: dict[int, list[bytes]] = {fd: [] for fd in self.readers or ()}
+        self.open = set(self.chunks)
+        self.closed = False
 
-    def read(self, deadline: float | None, child: _Child | None) -> bool:
-        """Read until both pipes close (True), or *deadline* passes, or *child* is cancelled
-        (False). Slices of ``_CANCEL_POLL``, so a cancellation is seen even while an escaped
-        descendant holds the pipes open after the group was killed."""
-        selector = self.selector
-        while selector.get_map():
-            left = _CANCEL_POLL if deadline is None else deadline - time.monotonic()
-            if left <= 0 or (child is not None and child.cancelled):
-                return False
-            for key, _ in selector.select(min(left, _CANCEL_POLL)):
-                data = os.read(key.fd, 32768)
-                if data:
-                    self.chunks[key.fd].append(data)
-                else:
-                    selector.unregister(key.fd)
-        return child is None or not child.cancelled
+    def feed(self, fd: int) -> bool:
+        """Read what *fd* has; False once it is closed (every writer is gone)."""
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:  # a spurious wake-up
+            return True
+        if data:
+            self.chunks[fd].append(data)
+            return True
+        self.open.discard(fd)
+        return False
+
+    def drain(self, deadline: float) -> None:
+        """Read until both pipes close or *deadline* (monotonic) passes: a descendant that
+        escaped every kill may hold them open, and the call must not wait for it."""
+        with selectors.PollSelector() as selector:
+            for fd in self.open:
+                selector.register(fd, selectors.EVENT_READ)
+            while self.open and (left := deadline - time.monotonic()) > 0:
+                for key, _ in selector.select(left):
+                    if not self.feed(key.fd):
+                        selector.unregister(key.fd)
 
     def result(self) -> tuple[bytes | None, bytes | None]:
-        out, err = (None if fd is None else b"".join(self.chunks[fd]) for fd in self.fds)
-        return out, err
+        if self.readers is None:
+            return None, None
+        out, err = self.readers
+        return b"".join(self.chunks[out]), b"".join(self.chunks[err])
+
+    def close_writers(self) -> None:
+        """Once the child has its copies: the pipes close when the last descendant's do."""
+        writers, self.writers = self.writers, None
+        for fd in writers or ():
+            os.close(fd)
 
     def close(self) -> None:
-        self.selector.close()
+        self.close_writers()
+        if not self.closed:
+            self.closed = True
+            for fd in self.chunks:
+                os.close(fd)
+
+
+class _Run:
+    """One command, waited for on the event loop: its pipes and its pidfd are loop readers.
+
+    ``ended`` resolves once the pipes are closed and the command has exited (the pidfd is
+    readable: a zombie, not yet reaped, so neither its pid nor its process group id can be
+    reused before ``reap``), or when the deadline passes (``expired``).
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        proc: subprocess.Popen[bytes],
+        output: _Output,
+        child: _Child,
+    ) -> None:
+        self.loop = loop
+        self.proc = proc
+        self.output = output
+        self.ended: asyncio.Future[None] = loop.create_future()
+        self.expired = False
+        self.exited = False
+        self.pidfd: int | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        for fd in output.open:
+            loop.add_reader(fd, self._on_output, fd)
+        if _HAS_PIDFD:
+            with contextlib.suppress(OSError):  # a kernel without pidfds: wait in a thread
+                self.pidfd = os.pidfd_open(proc.pid)
+        if self.pidfd is not None:
+            loop.add_reader(self.pidfd, self._on_exit)
+        else:
+            self.waiter = loop.run_in_executor(None, child.reap, proc.wait)
+            self.waiter.add_done_callback(lambda _: self._on_exit())
+
+    def _on_output(self, fd: int) -> None:
+        if not self.output.feed(fd):
+            self.loop.remove_reader(fd)
+            self._check()
+
+    def _on_exit(self) -> None:
+        if self.pidfd is not None:
+            self.loop.remove_reader(self.pidfd)
+        self.exited = True
+        self._check()
+
+    def _check(self) -> None:
+        if self.exited and not self.output.open and not self.ended.done():
+            self.ended.set_result(None)
+
+    def expire(self) -> None:
+        """The deadline passed (the timer's thread calls this through the loop)."""
+        if not self.ended.done():
+            self.expired = True
+            self.ended.set_result(None)
+
+    def detach(self) -> None:
+        """Stop watching on the loop: what is left is a worker thread's (``drain``)."""
+        for fd in self.output.open:
+            self.loop.remove_reader(fd)
+        if self.pidfd is not None and not self.exited:
+            self.loop.remove_reader(self.pidfd)
+
+    def close(self) -> None:
+        self.output.close()
+        pidfd, self.pidfd = self.pidfd, None
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _tracked(loop: asyncio.AbstractEventLoop) -> contextlib.AbstractContextManager[object]:
+    """Tell a loop that keeps virtual time that a process runs outside it: taskbed_harness's
+    loop offers ``external_work()``, and must neither move time nor call it a deadlock while
+    the process runs. Any other loop has nothing to be told."""
+    external_work = getattr(loop, "external_work", None)
+    return external_work() if external_work is not None else contextlib.nullcontext()
 
 
 class OSProcessRunner:
@@ -263,6 +370,9 @@ class OSProcessRunner:
     """
 
     def __init__(self, max_concurrent: int = 64) -> None:
+        self.max_concurrent = max_concurrent
+        self._slots: asyncio.Semaphore | None = None
+        # For what blocks, and only then: ending a killed command (sweep, drain, reap).
         self._executor = ThreadPoolExecutor(max_concurrent, "taskbed-process")
 
     async def run(
@@ -274,22 +384,12 @@ class OSProcessRunner:
         timeout: float | None,
         capture_output: bool,
     ) -> ProcessResult:
-        child = _Child(os.urandom(8).hex())
-        loop = asyncio.get_running_loop()
-        waiting = loop.run_in_executor(
-            self._executor, self._run_blocking, child, argv, cwd, env, timeout, capture_output
-        )
-        try:
-            return await asyncio.shield(waiting)
-        except asyncio.CancelledError:
-            child.cancel()
-            # Reap before letting the cancellation through: no stray process survives us.
-            with contextlib.suppress(BaseException):
-                await waiting
-            if not child.swept:  # the command had ended already: its escapees may not have
-                with contextlib.suppress(BaseException):
-                    await loop.run_in_executor(None, self._end_escapees, child, None)
-            raise
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_concurrent)
+        async with self._slots:
+            loop = asyncio.get_running_loop()
+            with _tracked(loop):
+                return await self._run(loop, argv, cwd, env, timeout, capture_output)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False)
@@ -300,80 +400,88 @@ class OSProcessRunner:
         child.swept = True
         sweep(child.tag, root)
 
-    def _run_blocking(  # noqa: PLR0917 - called positionally through run_in_executor
+    async def _run(  # noqa: PLR0917 - the arguments of run(), passed on
         self,
-        child: _Child,
+        loop: asyncio.AbstractEventLoop,
         argv: list[str],
         cwd: str | None,
         env: dict[str, str],
         timeout: float | None,
         capture_output: bool,
     ) -> ProcessResult:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        env = {**env, TAG_VARIABLE: child.tag}
-        returncode, output = self._run_process(child, argv, cwd, env, deadline, capture_output)
-        out, err = output.result()
-        if returncode is not None:
-            return ProcessResult(returncode, out, err)
-        if child.cancelled:
-            raise _Cancelled
-        raise subprocess.TimeoutExpired(argv, timeout or 0.0, out, err)
-
-    def _run_process(  # noqa: PLR0917
-        self,
-        child: _Child,
-        argv: list[str],
-        cwd: str | None,
-        env: dict[str, str],
-        deadline: float | None,
-        capture_output: bool,
-    ) -> tuple[int | None, _Output]:
-        """Run through ``subprocess.Popen``; the output read as it comes, the exit awaited."""
-        pipe = subprocess.PIPE if capture_output else None
-        with subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=pipe,
-            stderr=pipe,
-            process_group=0,  # its own process group, so killpg reaches its children
-        ) as proc:
-            child.adopt(proc.pid)
-            output = _Output(
-                None if proc.stdout is None else proc.stdout.fileno(),
-                None if proc.stderr is None else proc.stderr.fileno(),
-            )
-            try:
-                done = False
-                try:
-                    done = output.read(deadline, child) and self._wait(proc, deadline, child)
-                finally:
-                    if not done:
-                        child.kill()
-                        self._end_escapees(child, proc.pid)
-                        output.read(time.monotonic() + PIPE_GRACE, None)
-                    child.reap(proc.wait)
-            finally:
-                output.close()
-            return (proc.returncode if done else None), output
-
-    @staticmethod
-    def _wait(proc: subprocess.Popen[bytes], deadline: float | None, child: _Child) -> bool:
-        """Wait for the command to exit (True), unless the deadline passes or it is cancelled.
-
-        Without a deadline, a blocking wait, as subprocess.run's (a timed wait polls with
-        sleeps, which would add to every call); a cancellation kills the command, ending it.
-        """
-        if deadline is None:
-            proc.wait()
-            return not child.cancelled
+        child = _Child(os.urandom(8).hex())
+        output = _Output(capture_output)
+        out_w, err_w = output.writers or (None, None)
         try:
-            proc.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            return False
-        return not child.cancelled
+            # On the loop's thread, as subprocess.run would: the loop waits for the vfork and
+            # exec (about 0.1 ms for a local program; see the module's docstring).
+            proc = subprocess.Popen(  # noqa: ASYNC220 - on purpose, see above
+                argv,
+                cwd=cwd,
+                env={**env, TAG_VARIABLE: child.tag},
+                stdin=subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=err_w,
+                process_group=0,  # its own process group, so killpg reaches its children
+            )
+        except BaseException:
+            output.close()
+            raise
+        output.close_writers()
+        child.adopt(proc.pid)
+        run = _Run(loop, proc, output, child)
+        timer = None
+        if timeout is not None:
+            # Real time, as the command's: a loop on virtual time stands still meanwhile.
+            timer = threading.Timer(max(timeout, 0.0), _call_soon, (loop, run.expire))
+            timer.daemon = True
+            timer.start()
+        try:
+            await run.ended
+        except asyncio.CancelledError:
+            child.cancel()
+            await self._ending(run, child)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if run.expired:
+            await self._ending(run, child)
+            out, err = output.result()
+            raise subprocess.TimeoutExpired(argv, timeout or 0.0, out, err)
+        try:
+            child.reap(proc.wait)  # it has exited: this does not wait
+        finally:
+            run.close()
+        out, err = output.result()
+        return ProcessResult(proc.returncode, out, err)
+
+    async def _ending(self, run: _Run, child: _Child) -> None:
+        """End what is left of a command (timeout or cancel) in a worker thread, and wait for
+        that even when cancelled meanwhile: no stray process outlives the call."""
+        run.detach()
+        ending = run.loop.run_in_executor(self._executor, self._end, run, child)
+        cancelled = False
+        while not ending.done():
+            try:
+                await asyncio.shield(ending)
+            except asyncio.CancelledError:
+                cancelled = True
+        ending.result()
+        if cancelled:
+            raise asyncio.CancelledError
+
+    def _end(self, run: _Run, child: _Child) -> None:
+        try:
+            child.kill()
+            self._end_escapees(child, None if child.reaped else run.proc.pid)
+            run.output.drain(time.monotonic() + PIPE_GRACE)
+            if run.waiter is None:
+                child.reap(run.proc.wait)
+        finally:
+            run.close()
 
 
-class _Cancelled(Exception):
-    """The waiting thread's way of saying its call was cancelled (the loop re-raises)."""
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], object]) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop closed as the timer fired
+        loop.call_soon_threadsafe(callback)
