@@ -32,7 +32,9 @@ async def runtime(directory: str) -> None:
     """A child: the platform over *directory*'s database, submitting when told (stdin lines)."""
     impl = Democrai()
     await impl.setup("two-runtimes")
+    impl.dir.cleanup()
     impl.dir = types.SimpleNamespace(name=directory, cleanup=lambda: None)  # the shared file
+    impl.register_module("mod", [])  # its manifest beside the shared file, as setup() made it
     await impl.start()
     print(json.dumps({"started": True}), flush=True)
     session = {"user": {"id": 7, "organization_id": 10}, "session_key": "s1"}

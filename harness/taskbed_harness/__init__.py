@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from ._protocol import SANDBOX_VARIABLES as SANDBOX_VARIABLES
     from ._protocol import Adapter as Adapter
     from ._protocol import Button as Button
+    from ._protocol import Inbox as Inbox
     from ._protocol import LegacyAdapter as LegacyAdapter
     from ._protocol import Peer as Peer
     from ._protocol import ProtocolError as ProtocolError
@@ -78,6 +79,7 @@ _WHERE: dict[str, tuple[str, str]] = {
     "SANDBOX_VARIABLES": ("._protocol", "SANDBOX_VARIABLES"),
     "Adapter": ("._protocol", "Adapter"),
     "Button": ("._protocol", "Button"),
+    "Inbox": ("._protocol", "Inbox"),
     "LegacyAdapter": ("._protocol", "LegacyAdapter"),
     "Peer": ("._protocol", "Peer"),
     "ProtocolError": ("._protocol", "ProtocolError"),
@@ -155,6 +157,7 @@ __all__ = (
     "HarnessOptions",
     "HarnessRuntime",
     "Implementation",
+    "Inbox",
     "InjectedFailure",
     "LegacyAdapter",
     "NeverAwaitedError",

@@ -17,6 +17,8 @@ hook                        what it translates or provides (neutral default)
 ``sandbox_names``           reference variable name -> yours, or ``None``: absent in yours
 ``sandbox_value(n, v)``     your variable's value -> the reference's format
 ``access(rules)``           reference access rules -> what your ``register_module`` takes
+``connect(u, o, c)``        a client connection; :class:`Inbox` is one for an in-process
+                            implementation that pushes its messages
 ``wait(id, timeout)``       optional: the suite polls ``observer()``'s queries otherwise
 ``settle()``                awaited after every client command, until it took effect
 ``setup(rule)``,            per rule, before ``start()`` and after ``stop()`` (always)
@@ -32,7 +34,9 @@ attribute) keep working: :func:`as_adapter` wraps them in :class:`LegacyAdapter`
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import inspect
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar, Protocol
@@ -119,20 +123,64 @@ class Surface:
                 raise TypeError(f"a Surface holds Text and Button, got {component!r}")
         object.__setattr__(self, "components", tuple(components))
 
+    def build(self, namespace: Any = ui) -> Any:
+        """This surface as module code builds it with a ``ui`` namespace that has the
+        platform's names: ``namespace.Builder()``, ``Text(id, text)``, ``Button(id, label)``
+        (``taskbed.ui`` by default; an adapter passes its module SDK's ``ui``). The ids are
+        the components' positions: ``text-0``, ``button-1``, ...
+        """
+        builder = namespace.Builder()
+        for n, component in enumerate(self.components):
+            if isinstance(component, Text):
+                builder.add(namespace.Text(f"text-{n}", component.text))
+            else:
+                builder.add(namespace.Button(f"button-{n}", component.label))
+        return builder
+
 
 def reference_builder(surface: Surface) -> ui.Builder:
     """The default of ``Adapter.surface``: the reference's ``taskbed.ui.Builder``."""
-    builder = ui.Builder()
-    for n, component in enumerate(surface.components):
-        builder.add(_reference_component(n, component))
-    return builder
+    return surface.build(ui)  # type: ignore[no-any-return]
 
 
-def _reference_component(n: int, component: Text | Button) -> ui.Component:
-    """The platform's component for a neutral one; the ids are the components' positions."""
-    if isinstance(component, Text):
-        return ui.Text(f"text-{n}", component.text)
-    return ui.Button(f"button-{n}", component.label)
+# ---------------------------------------------------------------- an in-process client
+
+
+class Inbox:
+    """A client connection (``ClientConnection``) for an implementation that pushes its
+    messages in process: it calls ``deliver(message)``; the client's ``send(message)`` goes
+    to *send* (awaited when it returns an awaitable), and the first ``close()`` calls *close*.
+    """
+
+    def __init__(
+        self, send: Callable[[dict[str, Any]], object], close: Callable[[], object] = lambda: None
+    ) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.closed = False
+        self._send = send
+        self._close = close
+        self._unread: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    def deliver(self, message: dict[str, Any]) -> None:
+        """Server to client: keep *message* and hand it to a waiting ``receive()``."""
+        self.messages.append(message)
+        self._unread.put_nowait(message)
+
+    async def receive(self) -> dict[str, Any]:
+        """The next message that ``receive()`` has not returned yet, waiting for it."""
+        return await self._unread.get()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """Client to server: a command, handed to *send*."""
+        result = self._send(message)
+        if inspect.isawaitable(result):
+            await result
+
+    def close(self) -> None:
+        """Disconnect (*close* is called once)."""
+        if not self.closed:
+            self.closed = True
+            self._close()
 
 
 # ---------------------------------------------------------------- the protocol
