@@ -14,11 +14,11 @@
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import os
 import platform
 import posixpath
-import re
 import subprocess
 import time
 from pathlib import Path
@@ -28,18 +28,18 @@ from mkdocs.structure.files import File, Files
 
 import taskbed
 from taskbed_harness._adapters import fake, reference
-from taskbed_harness._conform import Outcome, run_suite
-from taskbed_harness._report import to_markdown
-from taskbed_harness._spec import load_pages, load_rules
+from taskbed_harness._conform import Outcome, Result, run_suite
+from taskbed_harness._report import Column, to_matrix
+from taskbed_harness._spec import Rule, load_pages, load_rules
 from taskbed_harness._ws_adapter import reference_ws
 
 log = logging.getLogger("mkdocs.hooks.taskbed")
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = ROOT / "specs"
+VERDICT = ROOT / "adapters" / "democrai" / "verdict.json"
 COMPLIANCE_MARKER = "<!-- compliance-matrix -->"
 RULES_MARKER = "<!-- rules-index -->"
-SPEC_LINK = re.compile(r"\]\(\.\./specs/")
 
 
 # ---------------------------------------------------------------- spec pages
@@ -95,13 +95,13 @@ def _rules_index(specs: str) -> str:
 
 def _compliance(specs: str) -> str:
     rules = load_rules(SPECS)
-    sections, timings = [], []
+    columns, timings = [], []
     implementations = (
-        ("reference", "Reference runtime", reference),
-        ("fake", "Fake task manager (harness)", fake),
-        ("reference-ws", "Reference runtime, clients over WebSocket", reference_ws),
+        ("reference", "Reference", "R", reference),
+        ("fake", "Fake task manager", "F", fake),
+        ("reference-ws", "Reference over WebSocket", "W", reference_ws),
     )
-    for name, title, factory in implementations:
+    for name, title, mark, factory in implementations:
         started = time.perf_counter()
         results = run_suite(rules, factory)
         elapsed = time.perf_counter() - started
@@ -112,9 +112,8 @@ def _compliance(specs: str) -> str:
                 log.warning(
                     "compliance: %s fails %s (%s): %s", name, r.rule.id, r.rule.level, r.reason
                 )
-        table = to_markdown(results, title)
-        # the renderer links rules as ../specs/<page>.md#ID (right for a page one level down)
-        sections.append(SPEC_LINK.sub(f"]({specs}/", table))
+        columns.append(Column(title, mark, results))
+    columns.append(Column(f"{_platform_name()}", "P", _platform_results(rules)))
     built = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     facts = [
         f"- **Generated**: {built}, from commit `{_commit()}`, taskbed {taskbed.__version__}",
@@ -124,7 +123,32 @@ def _compliance(specs: str) -> str:
         f"- **Rules**: {len(rules)} ({sum(r.level == 'MUST' for r in rules)} MUST, "
         f"{sum(r.level == 'SHOULD' for r in rules)} SHOULD); wall time: {', '.join(timings)}",
     ]
-    return "\n".join(facts) + "\n\n" + "\n".join(sections)
+    return "\n".join(facts) + "\n\n" + to_matrix(columns, specs)
+
+
+def _platform_verdict() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(VERDICT.read_text(encoding="utf-8"))
+    return data
+
+
+def _platform_name() -> str:
+    return str(_platform_verdict()["implementation"])
+
+
+def _platform_results(rules: list[Rule]) -> list[Result]:
+    """The platform's column: its published verdict, which CI checks against a fresh run of
+    the released package (adapters/democrai/judge.py); a rule it lacks fails the build."""
+    by_id = {r["rule"]: r for r in _platform_verdict()["results"]}
+    results = []
+    for rule in rules:
+        judged = by_id.get(rule.id)
+        if judged is None:
+            log.warning("compliance: the platform's verdict has no %s (judge.py --update)", rule.id)
+            continue
+        results.append(
+            Result(rule, Outcome(judged["outcome"]), judged["reason"], root=judged["root"])
+        )
+    return results
 
 
 def _commit() -> str:

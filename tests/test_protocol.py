@@ -25,8 +25,9 @@ from taskbed_harness import (
     Text,
     as_adapter,
 )
+from taskbed_harness._adapters import fake
 from taskbed_harness._conform import Outcome, run_rule_sync, run_suite
-from taskbed_harness._report import root_causes, to_table
+from taskbed_harness._report import Column, root_causes, to_matrix, to_table
 from taskbed_harness._spec import load_rules
 from test_teeth import InterruptedTaskSilent
 
@@ -239,6 +240,24 @@ def test_failures_with_one_root_cause_are_grouped() -> None:
     table = to_table(results, "broken task_id")
     assert "3 rules failed at the same place (test_protocol.py:" in table
     assert "rules: BG-1, DEDUP-1, QUERY-1" in table
+
+
+def test_the_matrix_shows_one_row_per_rule_and_a_note_per_root_cause() -> None:
+    chosen = [BY_ID[i] for i in ("BG-1", "DEDUP-1", "QUERY-1", "BLOCK-1", "WS-1")]
+    broken = run_suite(chosen, _HelperBroken)
+    matrix = to_matrix([Column("Reference", "R", run_suite(chosen, ReferenceImplementation)),
+                        Column("Broken", "B", broken),
+                        Column("Fake", "F", run_suite(chosen, fake))], "specs")  # fmt: skip
+    rows = [line for line in matrix.splitlines() if line.startswith("| [")]
+    assert [row.split("]")[0][3:] for row in rows] == [r.id for r in chosen]
+    assert rows[0].endswith("| MUST | pass | **fail** B1 | pass |")  # BG-1
+    assert rows[2].endswith("| MUST | pass | **fail** B1 | pass |")  # QUERY-1, the same cause
+    assert rows[3].endswith("| MUST | pass | pass | pass |")  # BLOCK-1
+    assert rows[4].endswith("| MUST | skipped | skipped | skipped |")  # WS-1: no socket
+    assert "- **B1** fail: 3 rules failed at the same place (test_protocol.py:" in matrix
+    assert "(BG-1, DEDUP-1, QUERY-1)" in matrix
+    assert matrix.count("- skipped, 1 rule (needs capabilities ['websocket']): WS-1") == 3
+    assert "| MUST pass / fail / skipped | 4 / 0 / 1 | 1 / 3 / 1 | 4 / 0 / 1 |" in matrix
 
 
 def test_failures_that_only_surface_in_the_same_helper_are_not_grouped() -> None:

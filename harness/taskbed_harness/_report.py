@@ -142,6 +142,75 @@ def to_markdown(results: Sequence[Result], implementation: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One implementation's results in a matrix: *label* heads the column, *mark* prefixes
+    the notes its cells point to (``P3``)."""
+
+    label: str
+    mark: str
+    results: Sequence[Result]
+
+
+def to_matrix(columns: Sequence[Column], spec_link: str = "../specs") -> str:
+    """Every rule, one row, one column per implementation; what is not a pass points to a
+    note under the table (its reason, and the rules that share its root cause)."""
+    notes: dict[str, list[str]] = {}
+    cells: dict[tuple[str, str], str] = {}
+    for column in columns:
+        lines = notes.setdefault(column.label, [])
+        groups = {r.rule.id: g for g in root_causes(column.results) for r in g.results}
+        named: dict[str, str] = {}  # a root cause's first rule -> its note's mark
+        skipped: dict[str, list[str]] = {}
+        for r in column.results:
+            key = (column.label, r.rule.id)
+            if r.outcome is Outcome.PASS:
+                cells[key] = "pass"
+                continue
+            if r.outcome is Outcome.SKIPPED:
+                cells[key] = "skipped"
+                skipped.setdefault(r.reason, []).append(r.rule.id)
+                continue
+            group = groups.get(r.rule.id)
+            first = group.results[0].rule.id if group else r.rule.id
+            if first not in named:
+                named[first] = f"{column.mark}{len(named) + 1}"
+                what = group.sentence() if group else f"{r.rule.id}: {r.reason}"
+                shared = f" ({', '.join(group.rules)})" if group else ""
+                lines.append(f"- **{named[first]}** {r.outcome.value}: {_md(what)}{shared}")
+            cells[key] = f"{'**fail**' if r.outcome is Outcome.FAIL else r.outcome.value} "
+            cells[key] += named[first]
+        for reason, ids in skipped.items():
+            count = f"{len(ids)} rule{'s' if len(ids) > 1 else ''}"
+            lines.append(f"- skipped, {count} ({_md(reason)}): {', '.join(ids)}")
+    rules = {r.rule.id: r.rule for column in columns for r in column.results}
+    out = [
+        "| rule | level | " + " | ".join(c.label for c in columns) + " |",
+        "|---|---|" + "---|" * len(columns),
+    ]
+    for rule_id, rule in rules.items():
+        row = [f"[{rule_id}]({spec_link}/{rule.page.name}#{rule_id})", rule.level]
+        row += [cells.get((c.label, rule_id), "not judged") for c in columns]
+        out.append("| " + " | ".join(row) + " |")
+    out += ["", "| | " + " | ".join(c.label for c in columns) + " |"]
+    out.append("|---|" + "---|" * len(columns))
+    for level in ("MUST", "SHOULD"):
+        counts = [totals(c.results).get(level, {}) for c in columns]
+        out.append(
+            f"| {level} pass / fail / skipped | "
+            + " | ".join(
+                f"{n.get('pass', 0)} / {n.get('fail', 0)} / {n.get('skipped', 0)}"
+                + (f" / {n['deviation']} deviation" if n.get("deviation") else "")
+                for n in counts
+            )
+            + " |"
+        )
+    for column in columns:
+        if notes[column.label]:
+            out += ["", f"**{column.label}**", "", *notes[column.label]]
+    return "\n".join(out) + "\n"
+
+
 def to_table(results: Sequence[Result], implementation: str) -> str:
     """A plain-text table (``rich`` renders a nicer one in a terminal; see the CLI)."""
     width = max((len(r.rule.title) for r in results), default=5)
