@@ -57,6 +57,9 @@ if TYPE_CHECKING:
     from ._protocol import Adapter as Adapter
     from ._protocol import Button as Button
     from ._protocol import LegacyAdapter as LegacyAdapter
+    from ._jsonl import JsonLinesAdapter as JsonLinesAdapter
+    from ._jsonl import JsonLinesError as JsonLinesError
+    from ._jsonl import reference_jsonl as reference_jsonl_implementation
     from ._protocol import Peer as Peer
     from ._protocol import ProtocolError as ProtocolError
     from ._protocol import Surface as Surface
@@ -122,6 +125,9 @@ _WHERE: dict[str, tuple[str, str]] = {
     "RecordedProcessRunner": ("._processes", "RecordedProcessRunner"),
     "UnmatchedCommandError": ("._processes", "UnmatchedCommandError"),
     "Rule": ("._spec", "Rule"),
+    "JsonLinesAdapter": ("._jsonl", "JsonLinesAdapter"),
+    "JsonLinesError": ("._jsonl", "JsonLinesError"),
+    "reference_jsonl_implementation": ("._jsonl", "reference_jsonl"),
     "load_rules": ("._spec", "load_rules"),
     # needs the serve extra (websockets); resolved lazily like the rest
     "ReferenceWebSocketImplementation": ("._ws_adapter", "ReferenceWebSocketImplementation"),
@@ -157,6 +163,8 @@ __all__ = (
     "Implementation",
     "InjectedFailure",
     "LegacyAdapter",
+    "JsonLinesAdapter",
+    "JsonLinesError",
     "NeverAwaitedError",
     "Outcome",
     "Peer",
@@ -187,6 +195,7 @@ __all__ = (
     "new_virtual_loop",
     "platform_installed",
     "reference_implementation",
+    "reference_jsonl_implementation",
     "reference_ws_implementation",
     "resolve_action",
     "run_rule",
