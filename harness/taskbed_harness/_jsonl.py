@@ -293,6 +293,7 @@ class JsonLinesAdapter(Adapter):
         self._values: dict[str, Any] = {}
         self._clients: dict[str, JsonLinesConnection] = {}
         self._registered: dict[str, Callable[..., Any]] = {}
+        self._observer: Any = None
         self._sent = 0
         self._seen = 0
         self._hold: contextlib.AbstractContextManager[None] | None = None
@@ -476,6 +477,12 @@ class JsonLinesAdapter(Adapter):
         )  # fmt: skip
         return conn
 
+    def observer(self) -> Any:
+        """One observer SDK per child (the suite asks for it at every poll)."""
+        if self._observer is None:
+            self._observer = super().observer()
+        return self._observer
+
     def register_task(self, name: str, func: Callable[..., Any]) -> None:
         self._registered[name] = func
         self.call_sync("register_task", name=name, kind=_callable_kind(func) or "function")
@@ -498,13 +505,16 @@ class JsonLinesAdapter(Adapter):
         if isinstance(value, ui.Component):
             return {"$": "ui", "component": value.to_dict()}
         kind = _callable_kind(value)
-        if kind is None or isinstance(value, type):
+        if kind is None:
             return None
-        job_id = self._job_of.get(id(value))
+        # A coroutine object is one job however often it is submitted (BG-12 judges that);
+        # a function is a new job per call, with the caller's context of that call.
+        job_id = self._job_of.get(id(value)) if kind == "coroutine" else None
         if job_id is None or self._jobs[job_id].target is not value:
             job_id = f"j{next(self._ids)}"
             self._jobs[job_id] = _Job(job_id, kind, value, contextvars.copy_context())
-            self._job_of[id(value)] = job_id
+            if kind == "coroutine":
+                self._job_of[id(value)] = job_id
         name = getattr(value, "__qualname__", None) or getattr(value, "__name__", None)
         inner = value
         while isinstance(inner, functools.partial):
@@ -603,7 +613,8 @@ class JsonLinesAdapter(Adapter):
             self._pending.pop(call_id, None)
             raise
         try:
-            return self._result(await future)
+            # Shielded: a cancelled wait leaves the reply to come, which ends the loop below.
+            return self._result(await asyncio.shield(future))
         except asyncio.CancelledError:
             if self._dead is None and not future.done():
                 with contextlib.suppress(JsonLinesError):
