@@ -69,10 +69,13 @@ class _ChildLoop(VirtualEventLoop):
 
     def _virtual_select(self, timeout: float | None) -> list[tuple[selectors.SelectorKey, int]]:
         server = self.server
-        while server is not None and server.paused and not server.done.is_set():
+        if server is not None and server.paused and not server.done.is_set():
             # Control is with the parent's code: nothing of ours runs until it says resume,
             # but its lines are handled as they come (its queries see the state it left).
-            server.wait_for_lines()
+            while server.paused and not server.done.is_set():
+                server.wait_for_lines()
+            self._reset_idle()
+            return []  # what those lines scheduled runs now: the loop is not idle
         real = self._real_selector
         ready = real.select(0)
         if ready or (timeout is not None and timeout <= 0):
