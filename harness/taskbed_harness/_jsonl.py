@@ -491,6 +491,7 @@ class JsonLinesAdapter(Adapter):
         self.call_sync("register_module", name=name, access=self.encode(access))
 
     async def restart(self, *, crash: bool = False) -> None:
+        self._observer = None  # an SDK belongs to the runtime it was made on
         await self.call_async("restart", crash=crash)
 
     # ------------------------------------------------------------ values

@@ -559,7 +559,12 @@ def hello(name: str, deviations: dict[str, str]) -> dict[str, Any]:
 
 
 #: What the sample declares: each a protocol limit, never a rule it could pass.
-DEVIATIONS: dict[str, str] = {}
+DEVIATIONS: dict[str, str] = {
+    "CMD-7": "its check sets variables in the suite's own os.environ and expects the program "
+    "to inherit them; across the protocol the runtime is another process, whose environment "
+    "was fixed when it was spawned (env= merging and the sandbox variables are judged by the "
+    "rest of the rule and by CMD-8)",
+}
 
 
 def _read_first_line() -> bytes | None:
