@@ -151,6 +151,8 @@ class Server:
         self.done = asyncio.Event()
         self.closing = False
         self.paused = False
+        self.die_on: str | None = None
+        self.garbage_on: str | None = None
         self.buffer = b""
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -159,6 +161,11 @@ class Server:
     def write(self, line: dict[str, Any]) -> None:
         data = (json.dumps(line, separators=(",", ":"), allow_nan=False) + "\n").encode()
         with self.lock, contextlib.suppress(OSError, ValueError):
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+
+    def write_raw(self, data: bytes) -> None:
+        with self.lock:
             sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()
 
@@ -461,6 +468,10 @@ class Server:
 
     def call(self, line: dict[str, Any]) -> Any:
         method = line["method"]
+        if method == self.die_on:  # test seam: a child that dies mid-rule
+            os._exit(3)
+        if method == self.garbage_on:  # test seam: a child that breaks the protocol
+            self.write_raw(b"this is not JSON\n")
         if method not in SYNC_METHODS | ASYNC_METHODS:
             raise ValueError(f"sdk.tasks has no method {method!r} in {PROTOCOL}")
         func = getattr(self.sdks[line["sdk"]].tasks, method)
@@ -563,7 +574,7 @@ DEVIATIONS: dict[str, str] = {
     "CMD-7": "its check sets variables in the suite's own os.environ and expects the program "
     "to inherit them; across the protocol the runtime is another process, whose environment "
     "was fixed when it was spawned (env= merging and the sandbox variables are judged by the "
-    "rest of the rule and by CMD-8)",
+    "rest of the rule and by CMD-10)",
 }
 
 
@@ -582,6 +593,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="reference-jsonl")
     parser.add_argument("--impl", help="module:Class, a ReferenceImplementation subclass")
     parser.add_argument("--deviation", action="append", default=[], metavar="RULE=REASON")
+    parser.add_argument("--die-on", metavar="METHOD", help="test seam: exit at this call")
+    parser.add_argument("--garbage-on", metavar="METHOD", help="test seam: write non-JSON")
     args = parser.parse_args(argv)
     deviations = dict(DEVIATIONS)
     for item in args.deviation:
@@ -602,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     clock._start_ns = int(first["now"])  # the parent's virtual time is the origin
     loop = _ChildLoop(clock, watchdog=None)
     server = Server(impl_class(), loop)
+    server.die_on, server.garbage_on = args.die_on, args.garbage_on
     try:
         loop.run_until_complete(server.serve(first))
         loop.run_until_complete(loop.shutdown_asyncgens())
