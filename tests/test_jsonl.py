@@ -53,9 +53,7 @@ def _errors(value: Any, schema: dict[str, Any], path: str = "$") -> list[str]:
     if isinstance(value, str) and len(value) < schema.get("minLength", 0):
         out.append(f"{path}: too short")
     if isinstance(value, dict):
-        for key in schema.get("required", []):
-            if key not in value:
-                out.append(f"{path}: missing {key!r}")
+        out += [f"{path}: missing {k!r}" for k in schema.get("required", []) if k not in value]
         props = schema.get("properties", {})
         extra = schema.get("additionalProperties", True)
         for key, item in value.items():
@@ -92,7 +90,9 @@ def test_the_schema_check_has_teeth() -> None:
     assert _errors({"op": "tick", "now": 5}, SCHEMA) == []
     assert _errors({"op": "tick"}, SCHEMA)
     assert _errors({"event": "idle", "seen": 1}, SCHEMA)
-    assert _errors({"reply": 3, "result": 1, "error": {"type": "ValueError", "message": ""}}, SCHEMA)
+    assert _errors(
+        {"reply": 3, "result": 1, "error": {"type": "ValueError", "message": ""}}, SCHEMA
+    )
 
 
 # ---------------------------------------------------------------- the whole suite
@@ -150,11 +150,14 @@ def test_a_wrong_version_is_named_with_the_correct_hello() -> None:
     hello = {"event": "hello", "protocol": "taskbed-jsonl", "version": 2, "name": "x"}
     with pytest.raises(JsonLinesError, match=r"version 2; this taskbed speaks version 1") as info:
         JsonLinesAdapter(_child(f"print({json.dumps(json.dumps(hello))}, flush=True)"))
-    assert '"version": 1' in str(info.value) and "docs/guides/jsonl.md" in str(info.value)
+    assert '"version": 1' in str(info.value)
+    assert "docs/guides/jsonl.md" in str(info.value)
 
 
 def test_a_first_line_that_is_not_json_is_named() -> None:
-    with pytest.raises(JsonLinesError, match=r"wrote 'Hello there' as its first line, which is not JSON"):
+    with pytest.raises(
+        JsonLinesError, match=r"wrote 'Hello there' as its first line, which is not JSON"
+    ):
         JsonLinesAdapter(_child("print('Hello there', flush=True)"))
 
 
@@ -180,7 +183,8 @@ def test_a_child_that_dies_mid_rule_fails_that_rule_clearly_and_fast() -> None:
     started = time.perf_counter()
     result = run_rule_sync(BY_ID["BG-1"], lambda: JsonLinesAdapter(command))
     assert result.outcome is Outcome.FAIL
-    assert "went away" in result.reason and "exit code 3" in result.reason
+    assert "went away" in result.reason
+    assert "exit code 3" in result.reason
     assert time.perf_counter() - started < 20
 
 

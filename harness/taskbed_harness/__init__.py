@@ -45,6 +45,9 @@ if TYPE_CHECKING:
     from ._fake import Submission as Submission
     from ._harness import Harness as Harness
     from ._harness import HarnessOptions as HarnessOptions
+    from ._jsonl import JsonLinesAdapter as JsonLinesAdapter
+    from ._jsonl import JsonLinesError as JsonLinesError
+    from ._jsonl import reference_jsonl as reference_jsonl_implementation
     from ._processes import ANY as ANY
     from ._processes import ANY_REST as ANY_REST
     from ._processes import RECORD_MODES as RECORD_MODES
@@ -57,9 +60,6 @@ if TYPE_CHECKING:
     from ._protocol import Adapter as Adapter
     from ._protocol import Button as Button
     from ._protocol import LegacyAdapter as LegacyAdapter
-    from ._jsonl import JsonLinesAdapter as JsonLinesAdapter
-    from ._jsonl import JsonLinesError as JsonLinesError
-    from ._jsonl import reference_jsonl as reference_jsonl_implementation
     from ._protocol import Peer as Peer
     from ._protocol import ProtocolError as ProtocolError
     from ._protocol import Surface as Surface
@@ -162,9 +162,9 @@ __all__ = (
     "HarnessRuntime",
     "Implementation",
     "InjectedFailure",
-    "LegacyAdapter",
     "JsonLinesAdapter",
     "JsonLinesError",
+    "LegacyAdapter",
     "NeverAwaitedError",
     "Outcome",
     "Peer",

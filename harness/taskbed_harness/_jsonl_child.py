@@ -344,7 +344,7 @@ class Server:
         self, job: str, registered: str | None = None, kwargs: dict[str, Any] | None = None
     ) -> Any:
         """A function's body in a worker thread: its code runs in the parent."""
-        event, box = threading.Event(), []
+        event, box = threading.Event(), list[dict[str, Any]]()
         self.threads[job] = (event, box)
         self.contexts[job] = contextvars.copy_context()
         start: dict[str, Any] = {"event": "job.start", "job": job}

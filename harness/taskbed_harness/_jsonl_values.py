@@ -72,7 +72,7 @@ def _is_plain_key(key: object) -> bool:
     return isinstance(key, str) and key != "$"
 
 
-def encode(value: Any, hook: Hook | None = None) -> Any:
+def encode(value: Any, hook: Hook | None = None) -> Any:  # noqa: PLR0912 - a branch per tag
     """*value* as JSON. *hook* is asked first about every value that is not plain JSON and
     returns its encoding, or None to leave it to the rules above."""
     if value is None or isinstance(value, (bool, str)):
@@ -94,7 +94,10 @@ def encode(value: Any, hook: Hook | None = None) -> Any:
     if isinstance(value, dict):
         if all(_is_plain_key(k) for k in value):
             return {k: encode(v, hook) for k, v in value.items()}
-        return {"$": "dict", "items": [[encode(k, hook), encode(v, hook)] for k, v in value.items()]}
+        return {
+            "$": "dict",
+            "items": [[encode(k, hook), encode(v, hook)] for k, v in value.items()],
+        }
     if isinstance(value, (bytes, bytearray)):
         return {"$": "bytes", "base64": base64.b64encode(bytes(value)).decode("ascii")}
     if isinstance(value, os.PathLike):
