@@ -347,7 +347,10 @@ class JsonLinesAdapter(Adapter):
         line = _read_line_blocking(proc.stdout, self.timeout)
         where = f"the child {self.command!r}"
         if line is None:
-            code = proc.poll()
+            try:
+                code: int | None = proc.wait(1.0)
+            except subprocess.TimeoutExpired:
+                code = None
             ended = f"exited with code {code}" if code is not None else "wrote nothing"
             raise JsonLinesError(
                 f"{where} {ended} before its hello line (within {self.timeout:g} s); it must "

@@ -40,6 +40,8 @@ import threading
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
+from taskbed import current_request
+
 from ._adapters import ReferenceImplementation
 from ._clock import VirtualClock, VirtualEventLoop
 from ._jsonl_values import decode, decode_error, encode, encode_error
@@ -296,8 +298,6 @@ class Server:
     # ------------------------------------------------------------ jobs
 
     def _context(self) -> dict[str, Any]:
-        from taskbed._context import current_request  # noqa: PLC0415 - the reference's own
-
         ctx = current_request()
         return {} if ctx is None else self.enc(dataclasses.asdict(ctx))
 
