@@ -45,6 +45,9 @@ if TYPE_CHECKING:
     from ._fake import Submission as Submission
     from ._harness import Harness as Harness
     from ._harness import HarnessOptions as HarnessOptions
+    from ._jsonl import JsonLinesAdapter as JsonLinesAdapter
+    from ._jsonl import JsonLinesError as JsonLinesError
+    from ._jsonl import reference_jsonl as reference_jsonl_implementation
     from ._processes import ANY as ANY
     from ._processes import ANY_REST as ANY_REST
     from ._processes import RECORD_MODES as RECORD_MODES
@@ -124,6 +127,9 @@ _WHERE: dict[str, tuple[str, str]] = {
     "RecordedProcessRunner": ("._processes", "RecordedProcessRunner"),
     "UnmatchedCommandError": ("._processes", "UnmatchedCommandError"),
     "Rule": ("._spec", "Rule"),
+    "JsonLinesAdapter": ("._jsonl", "JsonLinesAdapter"),
+    "JsonLinesError": ("._jsonl", "JsonLinesError"),
+    "reference_jsonl_implementation": ("._jsonl", "reference_jsonl"),
     "load_rules": ("._spec", "load_rules"),
     # needs the serve extra (websockets); resolved lazily like the rest
     "ReferenceWebSocketImplementation": ("._ws_adapter", "ReferenceWebSocketImplementation"),
@@ -159,6 +165,8 @@ __all__ = (
     "Implementation",
     "Inbox",
     "InjectedFailure",
+    "JsonLinesAdapter",
+    "JsonLinesError",
     "LegacyAdapter",
     "NeverAwaitedError",
     "Outcome",
@@ -190,6 +198,7 @@ __all__ = (
     "new_virtual_loop",
     "platform_installed",
     "reference_implementation",
+    "reference_jsonl_implementation",
     "reference_ws_implementation",
     "resolve_action",
     "run_rule",

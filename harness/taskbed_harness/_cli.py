@@ -54,6 +54,7 @@ async def _demo(db: str | None) -> int:
 _SHORT_NAMES = {
     "reference": "taskbed_harness:reference_implementation",
     "reference-ws": "taskbed_harness:reference_ws_implementation",
+    "reference-jsonl": "taskbed_harness:reference_jsonl_implementation",
     "fake": "taskbed_harness:fake_implementation",
 }
 
@@ -271,8 +272,9 @@ def _main(argv: Sequence[str] | None) -> int:
         default="taskbed_harness:reference_implementation",
         help="the adapter factory, 'package.module:factory', or one of the short names "
         "'reference' (the default: the reference runtime), 'reference-ws' (the reference "
-        "runtime with its clients over WebSocket; needs the serve extra) and 'fake' (the "
-        "harness's fake task manager)",
+        "runtime with its clients over WebSocket; needs the serve extra), 'reference-jsonl' "
+        "(the reference runtime in a child process, judged over the JSON-lines protocol) and "
+        "'fake' (the harness's fake task manager)",
     )
     conform.add_argument(
         "--rules", action="append", metavar="PATTERN", help="only rules matching, e.g. 'DEDUP-*'"

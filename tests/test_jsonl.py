@@ -1,0 +1,208 @@
+"""The JSON-lines adapter protocol (docs/guides/jsonl.md): the sample child judged by the whole
+suite, every line it exchanges checked against specs/jsonl.schema.json, the handshake's
+errors, a child that dies or breaks the protocol mid-rule, and one tooth (a child with one bug
+is caught by exactly the rules it breaks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from taskbed_harness import JsonLinesAdapter, JsonLinesError
+from taskbed_harness._cli import main
+from taskbed_harness._conform import Outcome, run_rule_sync, run_suite
+from taskbed_harness._jsonl import sample_command
+from taskbed_harness._spec import load_rules
+
+RULES = load_rules()
+BY_ID = {rule.id: rule for rule in RULES}
+ROOT = Path(__file__).parents[1]
+SCHEMA = json.loads((ROOT / "specs" / "jsonl.schema.json").read_text())
+#: What the sample declares it cannot honestly pass across the protocol.
+DECLARED = {"CMD-7"}
+SAMPLE_CAPABILITIES = {"registered_tasks", "modules", "processes", "restart"}
+
+
+# ---------------------------------------------------------------- a small JSON Schema check
+# (the subset specs/jsonl.schema.json uses; jsonschema is not a dependency of taskbed)
+
+
+def _errors(value: Any, schema: dict[str, Any], path: str = "$") -> list[str]:
+    if "$ref" in schema:
+        name = schema["$ref"].removeprefix("#/$defs/")
+        return _errors(value, SCHEMA["$defs"][name], path)
+    out: list[str] = []
+    kinds = schema.get("type")
+    if kinds is not None:
+        allowed = kinds if isinstance(kinds, list) else [kinds]
+        if not any(_is(value, kind) for kind in allowed):
+            return [f"{path}: {value!r} is not {kinds}"]
+    if "const" in schema and value != schema["const"]:
+        out.append(f"{path}: {value!r} != {schema['const']!r}")
+    if "enum" in schema and value not in schema["enum"]:
+        out.append(f"{path}: {value!r} not in {schema['enum']}")
+    if isinstance(value, int) and "minimum" in schema and value < schema["minimum"]:
+        out.append(f"{path}: {value} < {schema['minimum']}")
+    if isinstance(value, str) and len(value) < schema.get("minLength", 0):
+        out.append(f"{path}: too short")
+    if isinstance(value, dict):
+        out += [f"{path}: missing {k!r}" for k in schema.get("required", []) if k not in value]
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties", True)
+        for key, item in value.items():
+            if key in props:
+                out += _errors(item, props[key], f"{path}.{key}")
+            elif extra is False:
+                out.append(f"{path}: unexpected key {key!r}")
+            elif isinstance(extra, dict):
+                out += _errors(item, extra, f"{path}.{key}")
+        if not schema.get("minProperties", 0) <= len(value) <= schema.get("maxProperties", 1e9):
+            out.append(f"{path}: {len(value)} keys")
+    if isinstance(value, list) and "items" in schema:
+        for n, item in enumerate(value):
+            out += _errors(item, schema["items"], f"{path}[{n}]")
+    if "oneOf" in schema:
+        matching = [s for s in schema["oneOf"] if not _errors(value, s, path)]
+        if len(matching) != 1:
+            out.append(f"{path}: matches {len(matching)} of oneOf, not exactly one")
+    return out
+
+
+def _is(value: Any, kind: str) -> bool:
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(
+        value,
+        {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}[kind],
+    )
+
+
+def test_the_schema_check_has_teeth() -> None:
+    assert _errors({"op": "tick", "now": 5}, SCHEMA) == []
+    assert _errors({"op": "tick"}, SCHEMA)
+    assert _errors({"event": "idle", "seen": 1}, SCHEMA)
+    assert _errors(
+        {"reply": 3, "result": 1, "error": {"type": "ValueError", "message": ""}}, SCHEMA
+    )
+
+
+# ---------------------------------------------------------------- the whole suite
+
+
+class _Recording(JsonLinesAdapter):
+    lines: list[tuple[str, dict[str, Any]]] = []  # noqa: RUF012 - shared by the run on purpose
+
+    def __init__(self) -> None:
+        super().__init__(sample_command())
+        self.record = True
+
+    async def teardown(self, rule: str) -> None:
+        await super().teardown(rule)
+        type(self).lines.extend(self.transcript)
+
+
+def test_the_whole_suite_through_the_sample_and_every_line_fits_the_schema() -> None:
+    started = time.perf_counter()
+    results = run_suite(RULES, _Recording)
+    wall = time.perf_counter() - started
+    outcomes = {r.rule.id: r for r in results}
+    failed = {i: r.reason for i, r in outcomes.items() if r.outcome is Outcome.FAIL}
+    assert failed == {}
+    skipped = {i for i, r in outcomes.items() if r.outcome is Outcome.SKIPPED}
+    assert skipped == {r.id for r in RULES if not r.requires <= SAMPLE_CAPABILITIES}
+    deviations = {i for i, r in outcomes.items() if r.outcome is Outcome.DEVIATION}
+    assert deviations <= DECLARED
+    lines = _Recording.lines
+    assert len(lines) > 1000
+    kinds = Counter(line.get("op") or line.get("event") or "reply" for _, line in lines)
+    for needed in ("call", "tick", "resume", "job.done", "job.start", "job.discard", "idle"):
+        assert kinds[needed] > 0, needed
+    bad = [(d, line, errs) for d, line in lines if (errs := _errors(line, SCHEMA))]
+    assert bad == [], bad[:3]
+    print(f"whole suite through reference-jsonl: {wall:.1f} s wall, {len(lines)} lines")
+
+
+def test_conform_cli_judges_the_sample(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["conform", "--impl", "reference-jsonl", "--rules", "BG-5", "--format", "json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert report["implementation"] == "reference-jsonl"
+    assert [r["outcome"] for r in report["results"]] == ["pass"]
+
+
+# ---------------------------------------------------------------- handshake errors
+
+
+def _child(script: str) -> list[str]:
+    return [sys.executable, "-c", script]
+
+
+def test_a_wrong_version_is_named_with_the_correct_hello() -> None:
+    hello = {"event": "hello", "protocol": "taskbed-jsonl", "version": 2, "name": "x"}
+    with pytest.raises(JsonLinesError, match=r"version 2; this taskbed speaks version 1") as info:
+        JsonLinesAdapter(_child(f"print({json.dumps(json.dumps(hello))}, flush=True)"))
+    assert '"version": 1' in str(info.value)
+    assert "docs/guides/jsonl.md" in str(info.value)
+
+
+def test_a_first_line_that_is_not_json_is_named() -> None:
+    with pytest.raises(
+        JsonLinesError, match=r"wrote 'Hello there' as its first line, which is not JSON"
+    ):
+        JsonLinesAdapter(_child("print('Hello there', flush=True)"))
+
+
+def test_a_child_that_exits_before_its_hello_is_named_with_its_stderr() -> None:
+    script = "import sys; sys.stderr.write('no such backend\\n'); sys.exit(4)"
+    with pytest.raises(JsonLinesError, match=r"exited with code 4 before its hello") as info:
+        JsonLinesAdapter(_child(script))
+    assert "no such backend" in str(info.value)
+
+
+def test_unknown_capabilities_are_named() -> None:
+    hello = {"event": "hello", "protocol": "taskbed-jsonl", "version": 1, "name": "x",
+             "capabilities": ["telepathy"]}  # fmt: skip
+    with pytest.raises(JsonLinesError, match=r"unknown capabilities \['telepathy'\]"):
+        JsonLinesAdapter(_child(f"print({json.dumps(json.dumps(hello))}, flush=True)"))
+
+
+# ---------------------------------------------------------------- a child that fails mid-rule
+
+
+def test_a_child_that_dies_mid_rule_fails_that_rule_clearly_and_fast() -> None:
+    command = [*sample_command(), "--die-on", "list_user_tasks"]
+    started = time.perf_counter()
+    result = run_rule_sync(BY_ID["BG-1"], lambda: JsonLinesAdapter(command))
+    assert result.outcome is Outcome.FAIL
+    assert "went away" in result.reason
+    assert "exit code 3" in result.reason
+    assert time.perf_counter() - started < 20
+
+
+def test_a_child_that_writes_garbage_mid_rule_fails_that_rule_clearly() -> None:
+    command = [*sample_command(), "--garbage-on", "list_user_tasks"]
+    result = run_rule_sync(BY_ID["BG-1"], lambda: JsonLinesAdapter(command))
+    assert result.outcome is Outcome.FAIL
+    assert "'this is not JSON', which is not a JSON object" in result.reason
+
+
+# ---------------------------------------------------------------- teeth
+
+
+def test_a_child_that_runs_deduplicated_work_fails_exactly_the_dedup_rules() -> None:
+    command = [*sample_command(), "--impl", "test_teeth:DuplicateStartsSecondTask"]
+    env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    rules = [r for r in RULES if r.family in ("DEDUP", "BG", "QUERY")]
+    results = run_suite(rules, lambda: JsonLinesAdapter(command, env=env))
+    failed = {r.rule.id for r in results if r.outcome is Outcome.FAIL}
+    # DEDUP-7 (two runtimes) needs the peer capability, which the sample does not declare.
+    assert failed == {"DEDUP-1", "DEDUP-6"}
