@@ -29,6 +29,7 @@ from mkdocs.structure.files import File, Files
 import taskbed
 from taskbed_harness._adapters import fake, reference
 from taskbed_harness._conform import Outcome, Result, run_suite
+from taskbed_harness._jsonl import reference_jsonl
 from taskbed_harness._report import Column, to_matrix
 from taskbed_harness._spec import Rule, load_pages, load_rules
 from taskbed_harness._ws_adapter import reference_ws
@@ -100,6 +101,7 @@ def _compliance(specs: str) -> str:
         ("reference", "Reference", "R", reference),
         ("fake", "Fake task manager", "F", fake),
         ("reference-ws", "Reference over WebSocket", "W", reference_ws),
+        ("reference-jsonl", "Reference over JSON lines", "J", reference_jsonl),
     )
     for name, title, mark, factory in implementations:
         started = time.perf_counter()

@@ -294,6 +294,9 @@ class JsonLinesAdapter(Adapter):
         self._job_of: dict[int, str] = {}
         self._values: dict[str, Any] = {}
         self._clients: dict[str, JsonLinesConnection] = {}
+        # Messages to clients, held until the child's next other line: what one step of the
+        # child sent to several connections becomes visible to the suite at once.
+        self._held: list[tuple[JsonLinesConnection, dict[str, Any]]] = []
         self._registered: dict[str, Callable[..., Any]] = {}
         self._observer: Any = None
         self._sent = 0
@@ -681,6 +684,12 @@ class JsonLinesAdapter(Adapter):
             self._protocol_error(f"wrote {_show(raw)}, which breaks the protocol ({exc!r})")
 
     def _handle(self, line: dict[str, Any]) -> None:  # noqa: PLR0912 - a branch per line
+        if line.get("event") == "message":
+            conn = self._clients.get(line["client"])
+            if conn is not None:
+                self._held.append((conn, line["message"]))
+            return
+        self._deliver_held()
         if "reply" in line or line.get("event") in ("job.start", "job.cancel"):
             self._resume_later()
         if "reply" in line:
@@ -695,10 +704,6 @@ class JsonLinesAdapter(Adapter):
         event = line["event"]
         if event == "idle":
             self._on_idle(int(line["seen"]), line.get("next"))
-        elif event == "message":
-            conn = self._clients.get(line["client"])
-            if conn is not None:
-                conn.deliver(line["message"])
         elif event == "job.start":
             self._start_job(line)
         elif event == "job.cancel":
@@ -711,6 +716,11 @@ class JsonLinesAdapter(Adapter):
                 job.target.close()
         else:
             raise ValueError(f"unknown event {event!r}")
+
+    def _deliver_held(self) -> None:
+        held, self._held = self._held, []
+        for conn, message in held:
+            conn.deliver(message)
 
     def _resume_later(self, hops: int = RESUME_HOPS) -> None:
         """The child paused, handing control to our code: let that code run up to its next
@@ -817,6 +827,7 @@ class JsonLinesAdapter(Adapter):
                 os.killpg(self._proc.pid, 9)
 
     def _on_eof(self, why: str) -> None:
+        self._deliver_held()  # what it said before it went away
         proc = self._proc
         code = None
         if proc is not None:
