@@ -49,7 +49,7 @@ from typing import IO, Any
 from taskbed import ui
 
 from ._jsonl_values import decode, decode_error, encode, encode_error
-from ._protocol import CAPABILITIES, SANDBOX_VARIABLES, TASK_ID_TYPES, Adapter
+from ._protocol import CAPABILITIES, SANDBOX_VARIABLES, TASK_ID_TYPES, Adapter, Inbox
 
 PROTOCOL = "taskbed-jsonl"
 VERSION = 1
@@ -128,42 +128,25 @@ def _coroutine_state(coro: Any) -> str:
 # ---------------------------------------------------------------- client connections
 
 
-class JsonLinesConnection:
+class JsonLinesConnection(Inbox):
     """A client connection held by the child's implementation (``ClientConnection``)."""
 
     def __init__(self, adapter: JsonLinesAdapter, client_id: str) -> None:
+        super().__init__(self._send_to_child, self._close_in_child)
         self._adapter = adapter
         self.id = client_id
-        self.messages: list[dict[str, Any]] = []
         self.received: list[tuple[float, dict[str, Any]]] = []
-        self.closed = False
-        self._read = 0
-        self._waiter: asyncio.Future[None] | None = None
 
     def deliver(self, message: dict[str, Any]) -> None:
-        self.messages.append(message)
         self.received.append((self._adapter.now(), message))
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        super().deliver(message)
 
-    async def receive(self) -> dict[str, Any]:
-        while self._read >= len(self.messages):
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        self._read += 1
-        return self.messages[self._read - 1]
-
-    async def send(self, message: dict[str, Any]) -> None:
+    async def _send_to_child(self, message: dict[str, Any]) -> None:
         await self._adapter.call_async("client.send", client=self.id, message=encode(message))
 
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            with contextlib.suppress(JsonLinesError):
-                self._adapter.call_sync("client.close", client=self.id)
+    def _close_in_child(self) -> None:
+        with contextlib.suppress(JsonLinesError):
+            self._adapter.call_sync("client.close", client=self.id)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"

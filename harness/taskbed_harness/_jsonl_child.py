@@ -44,21 +44,11 @@ from taskbed import current_request
 
 from ._adapters import ReferenceImplementation
 from ._clock import VirtualClock, VirtualEventLoop
+from ._jsonl import ASYNC_METHODS, SYNC_METHODS
 from ._jsonl_values import decode, decode_error, encode, encode_error
 
 PROTOCOL, VERSION = "taskbed-jsonl", 1
 CAPABILITIES = ("registered_tasks", "modules", "processes", "restart")
-SYNC_METHODS = frozenset({"get_tasks_by_key", "get_tasks_by_key_prefix", "list_user_tasks"})
-ASYNC_METHODS = frozenset(
-    {
-        "run_background",
-        "run_blocking",
-        "run_subprocess",
-        "update_progress",
-        "emit_progress",
-        "request_confirmation",
-    }
-)
 _NS = 1_000_000_000
 PAUSING_EVENTS = frozenset({"job.start", "job.cancel"})
 
@@ -472,7 +462,7 @@ class Server:
             os._exit(3)
         if method == self.garbage_on:  # test seam: a child that breaks the protocol
             self.write_raw(b"this is not JSON\n")
-        if method not in SYNC_METHODS | ASYNC_METHODS:
+        if method not in (*SYNC_METHODS, *ASYNC_METHODS):
             raise ValueError(f"sdk.tasks has no method {method!r} in {PROTOCOL}")
         func = getattr(self.sdks[line["sdk"]].tasks, method)
         args, kwargs = self.dec(line["args"]), self.dec(line["kwargs"])
