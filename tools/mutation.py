@@ -29,13 +29,17 @@ import argparse
 import ast
 import concurrent.futures
 import difflib
+import io
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+import tokenize
 from collections import Counter
 from pathlib import Path
 
@@ -131,9 +135,9 @@ def _functions(path: Path) -> dict[str, str]:
     }
 
 
-def survivor_diffs() -> str:
-    """The changed lines of every survivor, grouped by module (faster than ``mutmut show``)."""
-    out: list[str] = []
+def survivor_changes() -> list[tuple[str, str, list[str], list[str]]]:
+    """(mutant name, module, removed lines, added lines) of every survivor."""
+    out = []
     by_module: dict[str, dict[str, str]] = {}
     for name, module, _ in survivors():
         if module not in by_module:
@@ -146,11 +150,86 @@ def survivor_diffs() -> str:
             for line in difflib.unified_diff(
                 orig.splitlines(), functions.get(local, "").splitlines(), lineterm="", n=0
             )
-            if line[:1] in "+-" and line[:3] not in ("+++", "---")
+            if line[:1] in "+-" and line[:3] not in ("+++", "---") and "def x" not in line
         ]
-        out.append(f"# {name}")
-        out += [line for line in changed if "def x" not in line]
+        minus = [line[1:] for line in changed if line.startswith("-")]
+        plus = [line[1:] for line in changed if line.startswith("+")]
+        out.append((name, module, minus, plus))
+    return out
+
+
+def survivor_diffs() -> str:
+    """The changed lines of every survivor (faster than ``mutmut show`` for each)."""
+    out: list[str] = []
+    for name, _, minus, plus in survivor_changes():
+        out.append(f"# {name}  [{kind(minus, plus)}]")
+        out += [f"-{line}" for line in minus] + [f"+{line}" for line in plus]
     return "\n".join(out) + "\n"
+
+
+def _tokens(lines: list[str]) -> list[tuple[int, str]] | None:
+    source = "\n".join(line.strip() for line in lines)
+    skip = {tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT}
+    try:
+        return [
+            (t.type, t.string)
+            for t in tokenize.generate_tokens(io.StringIO(source).readline)
+            if t.type not in skip and t.type != tokenize.ENDMARKER
+        ]
+    except (tokenize.TokenError, SyntaxError):
+        return None
+
+
+#: A line of an error message: a string literal (f-string too) or the ``see(...)`` docs link.
+_MESSAGE_LINE = re.compile(r"""^(\+ )?(see\(|[rf]?["'])""")
+
+
+def kind(minus: list[str], plus: list[str]) -> str:
+    """A first sort of a survivor, for the summary; the guide's triage reads each one.
+
+    ``wording``: only the text inside string literals changed (mostly error messages);
+    ``message``: a line that builds a message (a string literal or its ``see(...)`` link);
+    ``log``: a logging or warning call's line; ``argument``: an argument replaced by None;
+    ``logic``: anything else.
+    """
+    a, b = _tokens(minus), _tokens(plus)
+    if (
+        a is not None
+        and b is not None
+        and len(a) == len(b)
+        and all(
+            x[0] == y[0] and (x[1] == y[1] or x[0] == tokenize.STRING)
+            for x, y in zip(a, b, strict=True)
+        )
+    ):
+        return "wording"
+    if minus and all(_MESSAGE_LINE.match(line.strip()) for line in minus):
+        return "message"
+    if re.search(r"\blog\.|logger\.|warnings\.warn", " ".join(minus)):
+        return "log"
+    if plus and all(line.strip().rstrip(",") == "None" for line in plus):
+        return "argument"
+    return "logic"
+
+
+def summary() -> str:
+    """Survivors per module and kind, then the ``logic`` ones per function."""
+    changes = survivor_changes()
+    kinds = ("wording", "message", "argument", "log", "logic")
+    per: dict[str, Counter[str]] = {}
+    functions: Counter[str] = Counter()
+    for name, module, minus, plus in changes:
+        k = kind(minus, plus)
+        per.setdefault(module, Counter())[k] += 1
+        if k == "logic":
+            mangled = name.partition("__mutmut_")[0].rpartition(".")[2]  # x_f, xǁClassǁf
+            readable = ".".join(mangled[2:].split("\u01c1")) if mangled[1] != "_" else mangled[2:]
+            functions[f"{module}: {readable}"] += 1
+    lines = ["| module | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
+    lines += [f"| `{m}` | " + " | ".join(str(c[k]) for k in kinds) + " |" for m, c in per.items()]
+    lines += ["", "| function | logic survivors |", "|---|---:|"]
+    lines += [f"| `{f}` | {n} |" for f, n in functions.most_common()]
+    return "\n".join(lines)
 
 
 def report(counts: dict[str, Counter[str]], table: dict[str, int] | None) -> str:
@@ -199,28 +278,59 @@ def table_mutants() -> list[tuple[str, str, str | None]]:
     return found
 
 
-def judge_table_mutant(state: str, event: str, target: str | None) -> list[str]:
-    """In this process: apply one table mutant, run the suite, return the failing rules."""
+def _mutated_lifecycle(state: str, event: str, target: str | None) -> str:
+    """The source of ``_lifecycle.py`` with one entry of TRANSITIONS removed or retargeted.
+
+    A source mutant, not a change of the dict at run time: the stores derive SQL from the
+    table when they are imported (``_INTERRUPTIBLE_SQL = ... sources(TaskEvent.INTERRUPT)``).
+    """
+    path = ROOT / "reference" / "taskbed" / "_lifecycle.py"
+    text = path.read_text(encoding="utf-8")
+    rows = {"P": "pending", "R": "running", "W": "waiting_confirmation"}
+    lines = text.splitlines(keepends=True)
+    for node in ast.walk(ast.parse(text)):
+        named = getattr(getattr(node, "target", None), "id", "")
+        if not (isinstance(node, ast.AnnAssign) and named == "TRANSITIONS"):
+            continue
+        assert isinstance(node.value, ast.Dict)
+        for row_key, row in zip(node.value.keys, node.value.values, strict=True):
+            if not (isinstance(row_key, ast.Name) and rows[row_key.id] == state):
+                continue
+            assert isinstance(row, ast.Dict)
+            for key in row.keys:
+                if isinstance(key, ast.Attribute) and key.attr.lower() == event:
+                    line = key.lineno - 1
+                    indent = lines[line][: len(lines[line]) - len(lines[line].lstrip())]
+                    lines[line] = (
+                        ""
+                        if target is None
+                        else f"{indent}TaskEvent.{key.attr}: TaskStatus.{target.upper()},\n"
+                    )
+                    return "".join(lines)
+    raise LookupError(f"no table entry {state} --{event}-->")
+
+
+def judge_table_mutant() -> list[str]:
+    """In this process (its ``taskbed`` the mutated copy): run the suite; the failing rules."""
     sys.path.insert(0, str(ROOT / "tools"))
     from mutation_suite import ADAPTERS
 
-    from taskbed._lifecycle import TRANSITIONS, TaskEvent, TaskStatus
+    import taskbed
     from taskbed_harness._conform import Outcome, run_suite
     from taskbed_harness._spec import load_rules
 
-    row = TRANSITIONS[TaskStatus(state)]
-    if target is None:
-        del row[TaskEvent(event)]
-    else:
-        row[TaskEvent(event)] = TaskStatus(target)
+    here = Path(taskbed.__file__).resolve()
+    assert ROOT / "reference" not in here.parents, f"the unmutated taskbed was imported: {here}"
     failing: list[str] = []
     rules = load_rules()
     for name, factory in ADAPTERS.items():
         caps = factory().capabilities
         judged = [r for r in rules if not r.requires - caps]
+        failed = [r.rule for r in run_suite(judged, factory) if r.outcome is not Outcome.PASS]
+        # As in mutation_suite.py: a kill is a failure that happens twice (LEASE-9 and load).
         failing += [
             f"{name}:{result.rule.id}"
-            for result in run_suite(judged, factory)
+            for result in run_suite(failed, factory)
             if result.outcome is not Outcome.PASS
         ]
     return failing
@@ -229,13 +339,24 @@ def judge_table_mutant(state: str, event: str, target: str | None) -> list[str]:
 def _judge_in_subprocess(mutant: tuple[str, str, str | None]) -> list[str] | None:
     """The failing rules of one table mutant, judged in a fresh process (None: it crashed)."""
     state, event, target = mutant
-    out = subprocess.run(
-        [sys.executable, __file__, "_table-one", state, event, target or "-"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    with tempfile.TemporaryDirectory(prefix="taskbed-table-") as tmp:
+        package = Path(tmp) / "taskbed"
+        shutil.copytree(
+            ROOT / "reference" / "taskbed", package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+        (package / "_lifecycle.py").write_text(
+            _mutated_lifecycle(state, event, target), encoding="utf-8"
+        )
+        # PYTHONPATH comes before the editable install's .pth entry: this copy is imported.
+        env = {**os.environ, "PYTHONPATH": tmp, "PYTHONDONTWRITEBYTECODE": "1"}
+        out = subprocess.run(
+            [sys.executable, __file__, "_table-one"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+            env=env,
+        )
     if out.returncode != 0:
         return None
     failing: list[str] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -279,9 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     table.add_argument("--sample", choices=("all", "removals"), default="all")
     table.add_argument("--jobs", type=int, default=2)
     sub.add_parser("report", help="the per-module numbers as a markdown table")
-    sub.add_parser("survivors", help="the diff of every surviving mutant")
-    one = sub.add_parser("_table-one")
-    one.add_argument("args", nargs=3)
+    sub.add_parser("survivors", help="the changed lines of every surviving mutant")
+    sub.add_parser("summary", help="survivors per module and kind; logic ones per function")
+    sub.add_parser("_table-one")
     args = parser.parse_args(argv)
 
     if args.command == "run":
@@ -300,8 +421,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "survivors":
         sys.stdout.write(survivor_diffs())
         return 0
-    state, event, target = args.args
-    print(json.dumps(judge_table_mutant(state, event, None if target == "-" else target)))
+    if args.command == "summary":
+        print(summary())
+        return 0
+    print(json.dumps(judge_table_mutant()))
     return 0
 
 

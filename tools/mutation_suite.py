@@ -6,7 +6,7 @@ reference adapter can be judged on is one test, judged as ``taskbed conform`` ju
 (``run_rule_sync`` with a fresh adapter): once on the reference adapter (SQLite, as
 ``taskbed conform`` runs it) and once on the reference runtime over its default store,
 ``MemoryStore``, for the rules that need no second process on the store. A mutant is killed
-when any rule, MUST or SHOULD, stops passing.
+when any rule, MUST or SHOULD, fails twice in a row (once may be the machine's load).
 
 The first test fails the clean run when the tests would import the original ``taskbed``
 instead of the mutated copy: every mutant would then "survive".
@@ -71,4 +71,8 @@ def test_the_mutated_copy_is_imported() -> None:
 @pytest.mark.parametrize(("factory", "rule"), _cases())
 def test_rule(factory: Callable[[], ReferenceImplementation], rule: Rule) -> None:
     result = run_rule_sync(rule, factory)
+    if result.outcome is not Outcome.PASS:
+        # Judged once more: LEASE-9 measures the event loop's stalls in real time, and on a
+        # loaded machine one stall can fail it. A kill is a failure that happens twice.
+        result = run_rule_sync(rule, factory)
     assert result.outcome is Outcome.PASS, f"{rule.id} ({rule.level}): {result.reason}"
