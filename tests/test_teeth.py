@@ -118,6 +118,7 @@ BROKEN = [
     # The get shows the question without its components, so the client cannot draw it again.
     # (A surviving mutant of the mutation run, docs/guides/mutation.md.)
     _broken("get-snapshot-without-components", "GetSnapshotWithoutComponents", "OWN-4"),
+    _broken("get-snapshot-without-label", "GetSnapshotWithoutLabel", "OWN-4"),  # the same
     # Durable messages for an offline owner are dropped. REC-3 states that they are kept
     # across a restart, so it needs them kept in the first place; LEASE-3 finds the
     # recovery's error kept for the owner of a task taken from a paused runtime.
@@ -562,6 +563,23 @@ class _QuestionWithoutComponentsSnapshotManager(TaskManager):
 class GetSnapshotWithoutComponents(ReferenceImplementation):
     name = "broken: get shows the open question without its components"
     runtime_class = runtime_with(manager_class=_QuestionWithoutComponentsSnapshotManager)
+
+
+class _ProgressWithoutLabelSnapshotManager(TaskManager):
+    """Answers the owner's get about a running task with a progress message that has no
+    label."""
+
+    @staticmethod
+    def _snapshot(record: TaskRecord, local: Any) -> dict[str, Any]:
+        message = TaskManager._snapshot(record, local)
+        if "backgroundTaskProgress" in message:
+            message["backgroundTaskProgress"] = {**message["backgroundTaskProgress"], "label": None}
+        return message
+
+
+class GetSnapshotWithoutLabel(ReferenceImplementation):
+    name = "broken: get about a running task leaves out its label"
+    runtime_class = runtime_with(manager_class=_ProgressWithoutLabelSnapshotManager)
 
 
 class _ShortcutOwnershipManager(TaskManager):
