@@ -115,6 +115,10 @@ BROKEN = [
     # The owner's get about a task waiting for an answer returns a progress message, not the
     # question. (Added to OWN-4's check of the owner's own get, which saw ended tasks only.)
     _broken("get-snapshot-hides-open-question", "GetSnapshotHidesOpenQuestion", "OWN-4"),
+    # The get shows the question without its components, so the client cannot draw it again.
+    # (A surviving mutant of the mutation run, docs/guides/mutation.md.)
+    _broken("get-snapshot-without-components", "GetSnapshotWithoutComponents", "OWN-4"),
+    _broken("get-snapshot-without-label", "GetSnapshotWithoutLabel", "OWN-4"),  # the same
     # Durable messages for an offline owner are dropped. REC-3 states that they are kept
     # across a restart, so it needs them kept in the first place; LEASE-3 finds the
     # recovery's error kept for the owner of a task taken from a paused runtime.
@@ -159,6 +163,9 @@ BROKEN = [
     _broken("queries-sorted-by-update-time", "QueriesSortedByUpdateTime", "QUERY-2"),
     _broken("query-organization-from-session", "QueryOrganizationFromSession", "QUERY-4"),
     _broken("key-prefix-as-like-pattern", "KeyPrefixAsLikePattern", "QUERY-2"),
+    # Two tasks created in the same instant come oldest first. (A surviving mutant of the
+    # mutation run, docs/guides/mutation.md: the check of ties was added to QUERY-1.)
+    _broken("same-instant-oldest-first", "SameInstantOldestFirst", "QUERY-1"),
     # -- MGR
     _broken("no-manager-progress-raises", "NoManagerProgressRaises", "MGR-2"),
     # -- REC
@@ -248,6 +255,9 @@ BROKEN = [
     # after a question that timed out.
     _broken("answered-row-stays-waiting", "AnsweredRowStaysWaiting", "CONF-2", "BG-11"),
     _broken("synthetic-request-id-not-passed", "SyntheticRequestIdNotPassed", "CTX-4"),
+    # (A surviving mutant of the mutation run, docs/guides/mutation.md.)
+    _broken("synthetic-context-without-session-key", "SyntheticContextWithoutSessionKey",
+            "CTX-4"),
     # userId "7": OWN-2 states the ids as they are; QUERY-1 compares them and QUERY-6 the row.
     _broken("row-owner-ids-as-text", "RowOwnerIdsAsText", "OWN-2", "QUERY-1", "QUERY-6"),
     # -- LEASE
@@ -533,6 +543,43 @@ class _OutcomeOnlySnapshotManager(TaskManager):
 class GetSnapshotHidesOpenQuestion(ReferenceImplementation):
     name = "broken: get does not show the open question"
     runtime_class = runtime_with(manager_class=_OutcomeOnlySnapshotManager)
+
+
+class _QuestionWithoutComponentsSnapshotManager(TaskManager):
+    """Answers the owner's get about a waiting task with the question's message, but with
+    no components in it."""
+
+    @staticmethod
+    def _snapshot(record: TaskRecord, local: Any) -> dict[str, Any]:
+        message = TaskManager._snapshot(record, local)
+        if "backgroundTaskConfirmation" in message:
+            message["backgroundTaskConfirmation"] = {
+                **message["backgroundTaskConfirmation"],
+                "components": None,
+            }
+        return message
+
+
+class GetSnapshotWithoutComponents(ReferenceImplementation):
+    name = "broken: get shows the open question without its components"
+    runtime_class = runtime_with(manager_class=_QuestionWithoutComponentsSnapshotManager)
+
+
+class _ProgressWithoutLabelSnapshotManager(TaskManager):
+    """Answers the owner's get about a running task with a progress message that has no
+    label."""
+
+    @staticmethod
+    def _snapshot(record: TaskRecord, local: Any) -> dict[str, Any]:
+        message = TaskManager._snapshot(record, local)
+        if "backgroundTaskProgress" in message:
+            message["backgroundTaskProgress"] = {**message["backgroundTaskProgress"], "label": None}
+        return message
+
+
+class GetSnapshotWithoutLabel(ReferenceImplementation):
+    name = "broken: get about a running task leaves out its label"
+    runtime_class = runtime_with(manager_class=_ProgressWithoutLabelSnapshotManager)
 
 
 class _ShortcutOwnershipManager(TaskManager):
@@ -1830,6 +1877,35 @@ class _NoSyntheticRequestTasks(Tasks):
 class SyntheticRequestIdNotPassed(ReferenceImplementation):
     name = "broken: the synthetic request id is not passed to commands"
     runtime_class = runtime_with(tasks_class=_NoSyntheticRequestTasks)
+
+
+class _NoSessionKeyInSyntheticContextManager(TaskManager):
+    """The synthetic context of a task submitted outside any request lacks the submitter's
+    session key: its commands get no ``MODULE_SDK_SESSION_KEY``."""
+
+    async def submit(self, work: Any, **kwargs: Any) -> str:
+        if kwargs.get("request") is None:
+            kwargs["session_key"] = None
+        return await super().submit(work, **kwargs)
+
+
+class SyntheticContextWithoutSessionKey(ReferenceImplementation):
+    name = "broken: the synthetic context has no session key"
+    runtime_class = runtime_with(manager_class=_NoSessionKeyInSyntheticContextManager)
+
+
+class _TiesOldestFirstStore(SQLiteStore):
+    """Sorts a key's tasks by creation time alone: of two created in the same instant, the
+    older comes first."""
+
+    def find_by_key(self, task_key: str, organization_id: object) -> list[TaskRecord]:
+        rows = super().find_by_key(task_key, organization_id)[::-1]  # oldest first
+        return sorted(rows, key=lambda row: row.created_at, reverse=True)  # stable: ties stay
+
+
+class SameInstantOldestFirst(ReferenceImplementation):
+    name = "broken: tasks created in the same instant come oldest first"
+    store_class = _TiesOldestFirstStore
 
 
 class _TextOwnerRowsTasks(Tasks):
