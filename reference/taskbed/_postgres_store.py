@@ -265,6 +265,8 @@ class PostgresStore(GroupCommitStore):
     kind: ClassVar[str] = "PostgresStore"
     _name = "the PostgreSQL task store"
     _pause: ClassVar[tuple[float, float]] = (0.01, 0.5)
+    #: Every write goes through the writer thread: it waits a little for the next batch.
+    _linger: ClassVar[float] = 0.005
     _row = staticmethod(_row)
     # A write's ``run(cursor)`` sends its statement (pipelined: it does not wait for the
     # answer) and returns ``finish()``, which reads the answer once the batch's statements
@@ -322,8 +324,11 @@ class PostgresStore(GroupCommitStore):
         """End of a loop iteration: hand what is queued to the writer thread."""
         with self._lock:
             self._scheduled = False
-            if self._thread_busy or not self._queue or self._closed:
-                return  # a busy thread takes the queue as it goes: writes stay in order
+            if self._thread_busy:  # it takes the queue as it goes: writes stay in order
+                self._wake.notify()  # and a lingering one takes it now
+                return
+            if not self._queue or self._closed:
+                return
             self._thread_busy = True
         # run_in_executor, not a bare submit: the harness's virtual loop sees the thread
         # working and holds virtual time still meanwhile.

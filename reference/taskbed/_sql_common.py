@@ -167,6 +167,25 @@ def answer(write: Write) -> None:
         write.waiter.set_result(None)
 
 
+def answer_all(writes: list[Write]) -> None:
+    """On the callers' loop: wake the callers of a batch's decided writes."""
+    for w in writes:
+        if w.waiter is not None and not w.waiter.done():
+            w.waiter.set_result(None)
+
+
+def _answer_from_thread(decided: list[Write]) -> None:
+    """The writer thread: hand the decided writes back to their loops, one wake-up per loop
+    (each ``call_soon_threadsafe`` writes to the loop's self-pipe)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Write]] = {}
+    for w in decided:
+        if w.waiter is not None:
+            by_loop.setdefault(w.waiter.get_loop(), []).append(w)
+    for loop, writes in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
+            loop.call_soon_threadsafe(answer_all, writes)
+
+
 def kept_messages(rows: Iterable[tuple[int, str]], unwritten: Iterable[Write]) -> list[Message]:
     """What ``drain`` hands out: the written messages, then those not written yet."""
     return [json.loads(text) for _, text in rows] + [
@@ -187,6 +206,10 @@ class GroupCommitStore:
     kind: ClassVar[str]
     #: The writer thread's first pause after a failed transaction, and its longest.
     _pause: ClassVar[tuple[float, float]]
+    #: How long the writer thread waits for more writes once the queue is empty, before it
+    #: returns (0: at once). A loop that writes again meanwhile wakes it through ``_wake``
+    #: instead of handing it a new job, which costs two thread hand-offs per batch.
+    _linger: ClassVar[float] = 0.0
     _row: Callable[[tuple[Any, ...]], TaskRecord]
     _reader: Any  # the connection that reads
     _read_lock: threading.Lock | threading.RLock
@@ -195,6 +218,9 @@ class GroupCommitStore:
     def __init__(self, *, retry_for: float) -> None:
         self.retry_for = retry_for
         self._lock = threading.Lock()  # the queue and the writes' states
+        #: Wakes a lingering writer thread when writes were queued (see ``_linger``).
+        self._wake = threading.Condition(self._lock)
+        self._flushing = 0  # flush() calls waiting: the writer thread does not linger
         self._queue: list[Write] = []
         self._in_flight: list[Write] = []  # the writes of the transaction under way
         self._scheduled = False  # a flush at the end of this loop iteration is due
@@ -297,6 +323,9 @@ class GroupCommitStore:
         while True:
             now = time.monotonic()
             with self._lock:
+                self._thread_busy = True
+                if not self._queue and self._linger and not (self._closed or self._flushing):
+                    self._wake.wait(self._linger)
                 batch = self._take()
                 if not batch or all(
                     w.waiter is None and w.attempts and w.deadline < now for w in batch
@@ -305,7 +334,6 @@ class GroupCommitStore:
                     self._queue, self._in_flight = batch, []
                     self._thread_busy = False
                     return
-                self._thread_busy = True
             failure = self._commit(batch, wait=True)
             with self._lock:
                 if failure is None:
@@ -313,10 +341,8 @@ class GroupCommitStore:
                     decided, delay = batch, first
                 else:
                     decided = self._failed(batch, failure)
-            for w in decided:
-                if w.waiter is not None:
-                    with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
-                        w.waiter.get_loop().call_soon_threadsafe(answer, w)
+            if decided:
+                _answer_from_thread(decided)
             if failure is not None:
                 time.sleep(delay)
                 delay = min(delay * 2, most)
@@ -362,7 +388,13 @@ class GroupCommitStore:
         with self._lock:
             if self._closed and not self._queue:
                 return
-        self._writer.submit(self._work).result()
+            self._flushing += 1
+            self._wake.notify()  # a lingering writer thread: take the queue, then return
+        try:
+            self._writer.submit(self._work).result()
+        finally:
+            with self._lock:
+                self._flushing -= 1
 
     def _left_unwritten(self) -> list[Write]:
         """At close: the writes that were never made (the store kept failing)."""
