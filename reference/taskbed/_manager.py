@@ -509,18 +509,23 @@ class TaskManager:
         """
         if self.lost:
             return False
+        if not keep:  # most writes: no message, so no owner to build
+            if await self.store.update(record.id, changes, self._claim()):
+                return True
+            if record.id in self._local and record.runner_id == self.runtime_id:
+                self._lose()  # our own active task, taken: only recovery does that
+            return False
         owner = record.owner
-        message = outcome_message(record) if keep else None
-        kept = (owner, message) if message is not None and not self._online(owner) else None
+        message = outcome_message(record)
+        kept = None if self._online(owner) else (owner, message)
         if not await self.store.update(record.id, changes, self._claim(), keep=kept):
             if record.id in self._local and record.runner_id == self.runtime_id:
                 self._lose()  # our own active task, taken: only recovery does that
             return False
-        if message is not None:
-            if kept is None:
-                self.channel.publish(owner, message, durable=True)
-            elif self._online(owner):  # connected while it was written: deliver it now
-                self.channel.deliver_kept(owner)
+        if kept is None:
+            self.channel.publish(owner, message, durable=True)
+        elif self._online(owner):  # connected while it was written: deliver it now
+            self.channel.deliver_kept(owner)
         return True
 
     def _online(self, owner: Owner) -> bool:

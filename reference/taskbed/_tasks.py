@@ -14,7 +14,7 @@ import locale
 import os
 import subprocess
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from . import ui
 from ._context import RequestContext, current_request, sdk_variable
@@ -38,6 +38,9 @@ from ._host import Host
 from ._manager import ACCEPTED, CoroutineWork, TaskManager, Work
 from ._model import DEFAULT_LABEL, Owner, clamp_progress, json_copy, serialize
 from ._ports import ProcessResult
+
+if TYPE_CHECKING:
+    import types
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -104,9 +107,13 @@ def _close(obj: object) -> None:
 
 def _check_fresh(coro: Coroutine[Any, Any, Any]) -> None:
     """Refuse a coroutine object that was submitted before or has started (BG-12)."""
-    state = inspect.getcoroutinestate(coro)
-    if state == inspect.CORO_CREATED and coro not in ACCEPTED:
+    # What inspect.getcoroutinestate() tells of a fresh one, read without its call (on every
+    # submission); only a coroutine object gets here (inspect.iscoroutine).
+    native = cast("types.CoroutineType[Any, Any, Any]", coro)
+    fresh = not native.cr_running and not native.cr_suspended and native.cr_frame is not None
+    if fresh and coro not in ACCEPTED:
         return
+    state = inspect.getcoroutinestate(coro)
     name = getattr(coro, "__name__", "job")
     how = {
         inspect.CORO_CREATED: "was already submitted",
