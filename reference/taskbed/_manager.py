@@ -197,6 +197,9 @@ class TaskManager:
         self._unstored: dict[str, tuple[TaskRecord, dict[str, object], StoreWriteError]] = {}
         self._retrier: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        #: The ends of tasks cancelled before their first step, by task id, while they are
+        #: stored and published: ``wait`` waits for them, as it waits for a task's own end.
+        self._ending: dict[str, asyncio.Task[None]] = {}
 
     # ------------------------------------------------------------ life of the manager
 
@@ -338,11 +341,12 @@ class TaskManager:
         except StoreWriteError:
             log.exception("taskbed: could not release the lease; it runs out by itself")
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run *coro* in the background; ``stop()`` waits for it."""
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     # ------------------------------------------------------------ submission
 
@@ -468,9 +472,13 @@ class TaskManager:
         """A task cancelled before its first step never enters ``_run``'s body: end it here."""
         if local.record.status == TaskStatus.PENDING:
             work.discard()
-            self._local.pop(local.record.id, None)
+            task_id = local.record.id
+            self._local.pop(task_id, None)
             ended = self._finish(local.record, TaskEvent.INTERRUPT, error=local.interrupt_error)
-            self._spawn(ended)
+            # wait() returns once the end is published, not once the store holds it: a
+            # store's reader may see the row before this write's answer reaches the loop.
+            ending = self._ending[task_id] = self._spawn(ended)
+            ending.add_done_callback(lambda _: self._ending.pop(task_id, None))
 
     # ------------------------------------------------------------ status changes
 
@@ -722,6 +730,9 @@ class TaskManager:
         local = self._local.get(task_id)
         if local is not None and local.task is not None:
             await asyncio.wait([local.task])
+        ending = self._ending.get(task_id)  # cancelled before its first step: its end
+        if ending is not None:
+            await asyncio.wait([ending])
         while True:
             record = self.store.get(task_id)
             if record is None:
