@@ -268,6 +268,7 @@ class PostgresStore(GroupCommitStore):
     #: Every write goes through the writer thread: it waits a little for the next batch.
     _linger: ClassVar[float] = 0.005
     _row = staticmethod(_row)
+    _select_by_id: ClassVar[str] = _SELECT_BY_ID
     # A write's ``run(cursor)`` sends its statement (pipelined: it does not wait for the
     # answer) and returns ``finish()``, which reads the answer once the batch's statements
     # are all sent.
@@ -571,10 +572,6 @@ class PostgresStore(GroupCommitStore):
 
         found: tuple[TaskRecord, bool] = await self._write(run)
         return found
-
-    def get(self, task_id: str) -> TaskRecord | None:
-        found = self._query(_SELECT_BY_ID, (task_id,))
-        return found[0] if found else None
 
     async def update(
         self,

@@ -199,7 +199,7 @@ class GroupCommitStore:
     A subclass provides ``_flush_on_loop(loop)`` (the end of a loop iteration with writes
     queued), ``_commit(batch, wait=...)`` (one transaction; the error that made it fail, or
     None), ``_deleting(seqs)`` (a write's ``run`` that deletes outbox rows), ``_row``
-    (a row of :data:`COLUMNS` as a TaskRecord), ``_reader`` and ``_writer``.
+    (a row of :data:`COLUMNS` as a TaskRecord), ``_select_by_id``, ``_reader`` and ``_writer``.
     """
 
     #: The class a caller should open anew once this one is closed (in error messages).
@@ -211,6 +211,8 @@ class GroupCommitStore:
     #: instead of handing it a new job, which costs two thread hand-offs per batch.
     _linger: ClassVar[float] = 0.0
     _row: Callable[[tuple[Any, ...]], TaskRecord]
+    #: The select of one task row by id, in the dialect's placeholders.
+    _select_by_id: ClassVar[str]
     _reader: Any  # the connection that reads
     _read_lock: threading.Lock | threading.RLock
     _writer: concurrent.futures.ThreadPoolExecutor
@@ -411,3 +413,7 @@ class GroupCommitStore:
     def _query(self, sql: str, params: tuple[object, ...]) -> list[TaskRecord]:
         row = self._row
         return [row(values) for values in self._read(sql, params)]
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        found = self._query(self._select_by_id, (task_id,))
+        return found[0] if found else None

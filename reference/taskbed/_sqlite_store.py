@@ -153,6 +153,7 @@ class SQLiteStore(GroupCommitStore):
     kind: ClassVar[str] = "SQLiteStore"
     _pause: ClassVar[tuple[float, float]] = (0.005, 0.25)
     _row = staticmethod(_row)
+    _select_by_id: ClassVar[str] = _SELECT_BY_ID
 
     def __init__(
         self,
@@ -406,10 +407,6 @@ class SQLiteStore(GroupCommitStore):
 
         found: tuple[TaskRecord, bool] = await self._write(run)
         return found
-
-    def get(self, task_id: str) -> TaskRecord | None:
-        found = self._query(_SELECT_BY_ID, (task_id,))
-        return found[0] if found else None
 
     async def update(
         self,
