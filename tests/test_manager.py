@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from conftest import make_session
-from taskbed import Connection, Runtime, SQLiteStore, TaskRecord, TaskStore, ui
+from taskbed import Connection, MemoryStore, Runtime, SQLiteStore, TaskRecord, TaskStore, ui
 from taskbed_harness import HarnessRuntime
 
 # ---------------------------------------------------------------- helpers
@@ -681,3 +681,33 @@ async def test_a_peer_started_beside_a_runtime_never_takes_its_tasks(tmp_path: P
             gate.set()
             assert (await b.wait(theirs, timeout=2))["status"] == "completed"
         assert (await a.wait(mine, timeout=2))["status"] == "completed"
+
+
+class _LateAnswerStore(MemoryStore):
+    """Answers each write a few loop iterations after making it, as the SQL stores do (their
+    answer reaches the loop through a callback, and their reader sees the row meanwhile)."""
+
+    async def update(self, *args: Any, **kwargs: Any) -> bool:
+        changed = await super().update(*args, **kwargs)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return changed
+
+
+@pytest.mark.rule("BG-11")
+@pytest.mark.asyncio
+async def test_wait_returns_once_the_end_of_a_task_cancelled_unstarted_is_published() -> None:
+    """A task cancelled before its first step is ended by a task of its own; ``rt.wait``
+    waits for that end to be published, not only for the store to hold it (BG-11 once
+    failed on PostgreSQL under load: the outcome arrived after ``rt.wait`` returned)."""
+    async with Runtime(store=_LateAnswerStore()) as rt:
+        conn = rt.connect(7, 10)
+        sdk = rt.sdk(session=make_session(), module="mod")
+        task_id = await sdk.tasks.run_background(asyncio.sleep(10))
+        await conn.send({"backgroundTaskCancel": {"taskId": task_id}})  # before its first step
+        done = await rt.wait(task_id)
+        assert done["status"] == "interrupted"
+        assert [next(iter(m)) for m in conn.messages] == [
+            "backgroundTaskStarted",
+            "backgroundTaskError",
+        ]

@@ -592,3 +592,24 @@ async def test_a_host_paused_past_its_lease_is_fenced_and_its_late_end_never_hea
             await survivor.wait(fresh)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("plan_cache_mode", ["force_generic_plan", "force_custom_plan"])
+async def test_a_fenced_write_finds_its_row_by_id(postgres_dsn: str, plan_cache_mode: str) -> None:
+    """Every task write is fenced on the row's claim; its plan must still find the row by its
+    id. Once psycopg prepares the statement, the server may use a generic plan, which (with
+    the claim's bare columns) scanned ``taskbed_tasks_active_runner``: every active entry of
+    the runtime, on every write."""
+    from taskbed._postgres_store import _FENCE  # noqa: PLC0415 - the statement under test
+
+    PostgresStore(postgres_dsn).close()  # the schema
+    fence = _FENCE.replace("%(rid)s", "$2").replace("%(tok)s", "$3")
+    with psycopg.connect(postgres_dsn, autocommit=True) as db:
+        db.execute(f"SET plan_cache_mode = {plan_cache_mode}")
+        db.execute(
+            "PREPARE write_task (text, text, bigint) AS UPDATE taskbed_tasks "
+            f"SET updated_at = 0 WHERE id = $1 AND {fence}"
+        )
+        plan = "\n".join(str(r[0]) for r in db.execute("EXPLAIN EXECUTE write_task ('t', 'r', 1)"))
+    assert "taskbed_tasks_id_key" in plan, plan
+    assert "taskbed_tasks_active_runner" not in plan, plan

@@ -68,6 +68,14 @@ class Work:
         self._discard()
 
 
+#: Coroutine objects accepted by ``run_background`` that have not started yet: a second
+#: submission of one of them is refused (BG-12) instead of closing it under the task that owns
+#: it. A plain set: ``CoroutineWork`` adds its coroutine and takes it out when it starts or is
+#: discarded, and every manager starts or discards the work it was given, holding it until
+#: then anyway. (A WeakSet cost a weak reference per waiting task, and one more to look up.)
+ACCEPTED: set[Coroutine[Any, Any, Any]] = set()
+
+
 class CoroutineWork(Work):
     """The work of ``run_background(job())``: that coroutine object.
 
@@ -82,30 +90,35 @@ class CoroutineWork(Work):
     def __init__(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         # Work's callables are not needed: start() and discard() use the coroutine.
         self._coroutine = coroutine
+        ACCEPTED.add(coroutine)
 
     def start(self) -> Awaitable[Any]:
+        ACCEPTED.discard(self._coroutine)
         return self._coroutine
 
     def discard(self) -> None:
+        ACCEPTED.discard(self._coroutine)
         self._coroutine.close()
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(slots=True, eq=False)
 class _Local:
     record: TaskRecord
     task: asyncio.Task[None] | None = None
     interrupt_error: str = CANCELLED_ERROR
     confirmation: tuple[asyncio.Future[Any], list[dict[str, Any]]] | None = None
     #: Set for a task this runtime runs: who ends it, and what it must close, should it be
-    #: cancelled before its first step (see ``never_started``).
+    #: cancelled before its first step (see ``__call__``).
     manager: TaskManager | None = None
     work: Work | None = None
 
-    def never_started(self, _task: object) -> None:
+    def __call__(self, _task: object) -> None:
         """The task's done callback; ``_run`` removes it once the task's first step runs.
 
-        A bound method rather than a closure: fewer objects per waiting task, and every
-        object alive per task makes the garbage collector's full passes longer.
+        The ``_Local`` itself is the callback, not a closure or a bound method: no object
+        more per waiting task, and every object alive per task makes the garbage collector's
+        full passes longer (benchmarks/bench_submit.py). Identity equality (``eq=False``)
+        makes ``remove_done_callback(local)`` find exactly this one.
         """
         if self.manager is not None and self.work is not None:
             self.manager._never_started(self, self.work)
@@ -115,13 +128,27 @@ class _Local:
 _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
-def new_task_id() -> str:
-    """A random version-4 UUID as text: what ``str(uuid.uuid4())`` gives, at 35% of its cost.
+#: Random bytes from ``os.urandom``, as 32 hex digits a task id, not handed out yet: one
+#: system call per 128 ids instead of one per id. ``list.pop`` is atomic, so two threads never
+#: take the same digits; a forked child starts with none (it must not repeat its parent's).
+_random_hex: list[str] = []
+_ID_BATCH = 128
+os.register_at_fork(after_in_child=_random_hex.clear)
 
-    The version and variant bits are set in the hex text (digit 12 becomes ``4``, digit 16
-    one of ``89ab``), which skips a bytearray and two byte operations.
+
+def new_task_id() -> str:
+    """A random version-4 UUID as text: what ``str(uuid.uuid4())`` gives, far cheaper.
+
+    The same 122 random bits from ``os.urandom``, taken in batches. The version and variant
+    bits are set in the hex text (digit 12 becomes ``4``, digit 16 one of ``89ab``), which
+    skips a bytearray and two byte operations.
     """
-    h = os.urandom(16).hex()
+    try:
+        h = _random_hex.pop()
+    except IndexError:
+        block = os.urandom(16 * _ID_BATCH).hex()
+        _random_hex.extend([block[i : i + 32] for i in range(0, len(block), 32)])
+        h = _random_hex.pop()
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
@@ -170,6 +197,9 @@ class TaskManager:
         self._unstored: dict[str, tuple[TaskRecord, dict[str, object], StoreWriteError]] = {}
         self._retrier: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        #: The ends of tasks cancelled before their first step, by task id, while they are
+        #: stored and published: ``wait`` waits for them, as it waits for a task's own end.
+        self._ending: dict[str, asyncio.Task[None]] = {}
 
     # ------------------------------------------------------------ life of the manager
 
@@ -311,11 +341,12 @@ class TaskManager:
         except StoreWriteError:
             log.exception("taskbed: could not release the lease; it runs out by itself")
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run *coro* in the background; ``stop()`` waits for it."""
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     # ------------------------------------------------------------ submission
 
@@ -384,7 +415,7 @@ class TaskManager:
                 self._run(local, work), context=context
             )
             # In the task's context: else the callback gets a copy of the caller's.
-            local.task.add_done_callback(local.never_started, context=context)
+            local.task.add_done_callback(local, context=context)
         except BaseException:
             work.discard()
             raise
@@ -405,7 +436,7 @@ class TaskManager:
         if local.task is not None:
             # This first step ran, so the done callback has nothing to do: removing it saves
             # scheduling a no-op callback when the task ends (~5 us a task, bench_submit.py).
-            local.task.remove_done_callback(local.never_started)
+            local.task.remove_done_callback(local)
         try:
             held = self._admit(record)
             if held is not None:
@@ -441,9 +472,13 @@ class TaskManager:
         """A task cancelled before its first step never enters ``_run``'s body: end it here."""
         if local.record.status == TaskStatus.PENDING:
             work.discard()
-            self._local.pop(local.record.id, None)
+            task_id = local.record.id
+            self._local.pop(task_id, None)
             ended = self._finish(local.record, TaskEvent.INTERRUPT, error=local.interrupt_error)
-            self._spawn(ended)
+            # wait() returns once the end is published, not once the store holds it: a
+            # store's reader may see the row before this write's answer reaches the loop.
+            ending = self._ending[task_id] = self._spawn(ended)
+            ending.add_done_callback(lambda _: self._ending.pop(task_id, None))
 
     # ------------------------------------------------------------ status changes
 
@@ -482,18 +517,23 @@ class TaskManager:
         """
         if self.lost:
             return False
+        if not keep:  # most writes: no message, so no owner to build
+            if await self.store.update(record.id, changes, self._claim()):
+                return True
+            if record.id in self._local and record.runner_id == self.runtime_id:
+                self._lose()  # our own active task, taken: only recovery does that
+            return False
         owner = record.owner
-        message = outcome_message(record) if keep else None
-        kept = (owner, message) if message is not None and not self._online(owner) else None
+        message = outcome_message(record)
+        kept = None if self._online(owner) else (owner, message)
         if not await self.store.update(record.id, changes, self._claim(), keep=kept):
             if record.id in self._local and record.runner_id == self.runtime_id:
                 self._lose()  # our own active task, taken: only recovery does that
             return False
-        if message is not None:
-            if kept is None:
-                self.channel.publish(owner, message, durable=True)
-            elif self._online(owner):  # connected while it was written: deliver it now
-                self.channel.deliver_kept(owner)
+        if kept is None:
+            self.channel.publish(owner, message, durable=True)
+        elif self._online(owner):  # connected while it was written: deliver it now
+            self.channel.deliver_kept(owner)
         return True
 
     def _online(self, owner: Owner) -> bool:
@@ -690,6 +730,9 @@ class TaskManager:
         local = self._local.get(task_id)
         if local is not None and local.task is not None:
             await asyncio.wait([local.task])
+        ending = self._ending.get(task_id)  # cancelled before its first step: its end
+        if ending is not None:
+            await asyncio.wait([ending])
         while True:
             record = self.store.get(task_id)
             if record is None:

@@ -24,7 +24,7 @@ _CONTAINERS = (dict, list)
 def _clone(value: Any) -> Any:
     """A copy of a JSON value's dicts and lists (what SQLite's JSON round trip gives)."""
     if type(value) is dict:
-        return {k: _clone(v) for k, v in value.items()}
+        return {k: _clone(v) for k, v in value.items()} if value else {}
     if type(value) is list:
         return [_clone(v) for v in value]
     return value

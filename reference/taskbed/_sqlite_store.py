@@ -26,32 +26,26 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import dataclasses
-import itertools
 import json
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
-from ._errors import StoreWriteError, see
-from ._lifecycle import ACTIVE, TaskEvent, TaskStatus, sources
 from ._memory_store import lease_lost
 from ._model import Message, Owner, TaskRecord, scope
 from ._ports import Clock, Lease
+from ._sql_common import ACTIVE_SQL as _ACTIVE_SQL
+from ._sql_common import COLUMNS as _COLUMNS
+from ._sql_common import INTERRUPTIBLE_SQL as _INTERRUPTIBLE_SQL
+from ._sql_common import ORDER as _ORDER
+from ._sql_common import GroupCommitStore, Write, answer, check_fields, dump, kept_messages
+from ._sql_common import task_record as _row
 
 log = logging.getLogger("taskbed")
-
-
-def _status_list(statuses: Iterable[TaskStatus]) -> str:
-    return ", ".join(f"'{s.value}'" for s in sorted(statuses))
-
-
-_ACTIVE_SQL = _status_list(ACTIVE)
-_INTERRUPTIBLE_SQL = _status_list(sources(TaskEvent.INTERRUPT))
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS tasks (
@@ -97,11 +91,6 @@ CREATE TABLE IF NOT EXISTS runtime_leases (
 );
 """
 
-_COLUMNS = (
-    "id, user_scope, org_scope, module, label, task_key, status, progress, checkpoint, "
-    "result, error, created_at, updated_at, runner_id, runner_token"
-)
-_ORDER = "ORDER BY created_at DESC, seq DESC"
 # Built once: the statements of every submission and every Runtime.wait.
 _INSERT = (
     f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 15)}) "
@@ -116,53 +105,10 @@ _FENCE = (
 )
 _DB_NOW = "SELECT (julianday('now') - 2440587.5) * 86400.0"
 _JSON_FIELDS = frozenset({"checkpoint", "result"})
-_FIELDS = frozenset({"label", "status", "progress", "checkpoint", "result", "error", "updated_at"})
 #: SQLite errors that a retry may cure (I/O error, full disk, busy or locked database).
 _FATAL = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
 #: Commits between two WAL checkpoints (SQLite's automatic one comes every 1,000 pages).
 _CHECKPOINT_EVERY = 500
-
-
-def _dump(value: object) -> str:
-    """``json.dumps``, skipping the encoder for what a new task holds (None, {})."""
-    if value is None:
-        return "null"
-    if type(value) is dict and not value:
-        return "{}"
-    return json.dumps(value)
-
-
-def _load(text: str) -> Any:
-    """``json.loads``, skipping the decoder for what most rows hold (null, {}, small ints)."""
-    if text == "null":
-        return None
-    if text == "{}":
-        return {}
-    if text.isascii() and text.isdigit():
-        return int(text)
-    return json.loads(text)
-
-
-def _row(values: tuple[Any, ...]) -> TaskRecord:
-    (tid, user, org, module, label, key, status, progress, checkpoint, result, error,
-     created, updated, runner, token) = values  # fmt: skip
-    return TaskRecord(
-        id=tid,
-        user_id=_load(user),
-        organization_id=_load(org),
-        module=module,
-        label=label,
-        task_key=key,
-        status=status,
-        progress=progress,
-        checkpoint=_load(checkpoint),
-        result=_load(result),
-        error=error,
-        created_at=created,
-        updated_at=updated,
-        runner_id=runner,
-        runner_token=token,
-    )
 
 
 def prefix_upper_bound(prefix: str) -> str | None:
@@ -183,44 +129,7 @@ def prefix_upper_bound(prefix: str) -> str | None:
     return None
 
 
-_orders = itertools.count()
-
-
-@dataclasses.dataclass(eq=False, slots=True)
-class _Write:
-    """One write waiting for the writer thread: what it does, and what came of it."""
-
-    run: Callable[[sqlite3.Connection], Any]
-    deadline: float
-    #: A message for an offline owner: no caller waits; kept until written (or delivered).
-    slot: tuple[str, str] | None = None
-    message: str | None = None
-    #: The caller's future (None for a kept message): answered once the write is decided.
-    waiter: asyncio.Future[None] | None = None
-    seq: int | None = None  # the outbox row, once inserted
-    delivered: bool = False  # drained while its transaction ran: drop it or delete its row
-    done: bool = False
-    result: Any = None
-    error: BaseException | None = None
-    attempts: int = 0
-    #: The outbox rows this write deletes (drained, not to be handed out again meanwhile).
-    deletes: tuple[int, ...] = ()
-    #: Queue order: messages drained from the queue come out in the order they were kept.
-    order: int = dataclasses.field(default_factory=_orders.__next__)
-
-    def outcome(self) -> Any:
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
-def _answer(write: _Write) -> None:
-    """On the caller's loop: wake the caller of a decided write."""
-    if write.waiter is not None and not write.waiter.done():
-        write.waiter.set_result(None)
-
-
-class SQLiteStore:
+class SQLiteStore(GroupCommitStore):
     """Task rows in SQLite. ``SQLiteStore("tasks.db")`` or ``SQLiteStore(":memory:")``.
 
     A file store is *shared*: several runtimes, in several processes, may open it at once;
@@ -241,6 +150,10 @@ class SQLiteStore:
     #: The DDL run when the store opens (idempotent statements separated by ``;``). A seam: a
     #: subclass may add indexes, or (in the conformance suite's one-bug variants) drop one.
     schema: str = _SCHEMA
+    kind: ClassVar[str] = "SQLiteStore"
+    _pause: ClassVar[tuple[float, float]] = (0.005, 0.25)
+    _row = staticmethod(_row)
+    _select_by_id: ClassVar[str] = _SELECT_BY_ID
 
     def __init__(
         self,
@@ -250,27 +163,18 @@ class SQLiteStore:
         retry_for: float = 10.0,
         clock: Clock | None = None,
     ) -> None:
+        super().__init__(retry_for=retry_for)
         self.path = os.fspath(path)
         self.shared = self.path != ":memory:" and not self.path.startswith("file::memory:")
         self.clock = clock
-        self.retry_for = retry_for
         self._db = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
         )
-        self._lock = threading.Lock()  # the queue and the writes' states
         # One connection per database in memory (each ":memory:" connection is its own
         # database): reads and the writer then take turns on it.
         self._read_lock = threading.Lock()
-        self._queue: list[_Write] = []
-        self._in_flight: list[_Write] = []  # the writes of the transaction under way
-        self._scheduled = False  # a flush at the end of this loop iteration is due
-        self._thread_busy = False  # the writer thread has the queue (a fault, a lock)
         self._busy_ms = int(busy_timeout * 1000)
         self._timeout_set = self._busy_ms
-        self._commits = 0
-        self._fault: sqlite3.Error | None = None  # inject_fault (a test seam)
-        self._pending_delete: set[int] = set()  # outbox rows drained, their delete not yet written
-        self._closed = False
         self._writer = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="taskbed-sqlite-writer"
         )
@@ -327,63 +231,26 @@ class SQLiteStore:
     # waits there. Such a batch goes to the writer thread, which waits, retries and answers
     # each write; while it works, every new write goes to it too, so writes stay in order.
 
-    async def _write(self, run: Callable[[sqlite3.Connection], Any]) -> Any:
-        """Queue a write and wait until it is decided (made, refused, or failed for good)."""
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        write = _Write(run, time.monotonic() + self.retry_for, waiter=waiter)
-        with self._lock:
-            if self._closed:
-                raise self._closed_error()
-            self._queue.append(write)
-        self._schedule(loop)
-        # A cancelled caller cancels only its wait: the write stays queued and is made.
-        await waiter
-        return write.outcome()
-
-    def _kept(self, write: _Write) -> None:
-        """Queue a write that no caller waits for (a message for an offline owner)."""
-        with self._lock:
-            if self._closed:
-                log.error("taskbed: %r is closed; a message for an offline owner is lost", self)
-                return
-            self._queue.append(write)
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.flush()
-        else:
-            self._schedule(loop)
-
-    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
-        with self._lock:
-            if self._scheduled:
-                return
-            self._scheduled = True
-        loop.call_soon(self._flush_on_loop, loop)
-
     def _flush_on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """End of a loop iteration: write the queue now, or hand it to the writer thread."""
         with self._lock:
             self._scheduled = False
             if self._thread_busy:
                 return  # the thread takes the queue as it goes: writes stay in order
-            batch = [w for w in self._queue if not w.done and not w.delivered]
-            self._queue = []
-            if not batch:
-                return
-            self._in_flight = batch
+            batch = self._take()
+        if not batch:
+            return
         failure = self._commit(batch, wait=False)
         with self._lock:
-            self._in_flight = []
             if failure is None:
                 self._committed(batch)
-            else:
+            else:  # the writer thread waits for the lock, or retries
+                self._in_flight = []
                 self._queue = batch + self._queue
                 self._thread_busy = True
         if failure is None:
             for w in batch:
-                _answer(w)
+                answer(w)
             if self._queue:  # deletes of messages drained while they were written
                 self._schedule(loop)
             if self.shared and self._commits % _CHECKPOINT_EVERY == 0:
@@ -406,81 +273,7 @@ class SQLiteStore:
         finally:
             self._work()
 
-    def _committed(self, batch: list[_Write]) -> None:
-        """Mark a committed batch done; the caller holds the lock."""
-        for w in batch:
-            w.done = True
-            if w.delivered and w.seq is not None:  # drained meanwhile: unkeep its row
-                self._pending_delete.add(w.seq)
-                self._queue.append(self._delete_kept([w.seq]))
-            if w.deletes:
-                self._pending_delete.difference_update(w.deletes)
-        self._commits += 1
-
-    def _work(self) -> None:
-        """The writer thread: write what is queued, in transactions, until the queue is empty.
-
-        A failed transaction puts its writes back at the head of the queue and is retried
-        with a growing pause; a write whose window closed is answered with the error (a
-        kept message is not: it waits for the next round). Never raises.
-        """
-        delay = 0.005
-        while True:
-            now = time.monotonic()
-            with self._lock:
-                self._thread_busy = True
-                batch = [w for w in self._queue if not w.done and not w.delivered]
-                if not batch or all(
-                    w.waiter is None and w.attempts and w.deadline < now for w in batch
-                ):
-                    self._queue = batch  # kept messages past their window: the next round
-                    self._thread_busy = False
-                    return
-                self._queue = []
-                self._in_flight = batch
-            failure = self._commit(batch, wait=True)
-            with self._lock:
-                self._in_flight = []
-                if failure is None:
-                    self._committed(batch)
-                    decided = batch
-                    delay = 0.005
-                else:
-                    decided, retry = [], []
-                    for w in batch:
-                        w.attempts += 1
-                        w.seq = None
-                        if w.delivered:
-                            continue  # drained while its transaction failed: nothing to keep
-                        if w.waiter is not None and (w.done or w.deadline < time.monotonic()):
-                            if not w.done:
-                                w.error = StoreWriteError(
-                                    f"could not write to the task store {self.path!r} for "
-                                    f"{self.retry_for:g} s ({w.attempts} attempts): {failure}; "
-                                    "the change was not made " + see("leases", "LEASE-7")
-                                )
-                                w.done = True
-                            decided.append(w)
-                        else:
-                            retry.append(w)
-                    self._queue = retry + self._queue
-            for w in decided:
-                if w.waiter is not None:
-                    with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
-                        w.waiter.get_loop().call_soon_threadsafe(_answer, w)
-            if failure is not None:
-                time.sleep(delay)
-                delay = min(delay * 2, 0.25)
-
-    def inject_fault(self, error: sqlite3.Error | None) -> None:
-        """Test seam: make every transaction fail with *error* until ``inject_fault(None)``.
-
-        What a full disk or a failing device does (``sqlite3.OperationalError("disk I/O
-        error")``): the writes are kept and retried as for a real fault. Reads still work.
-        """
-        self._fault = error
-
-    def _commit(self, batch: list[_Write], *, wait: bool) -> sqlite3.Error | None:
+    def _commit(self, batch: list[Write], *, wait: bool) -> sqlite3.Error | None:
         """Run *batch* in one transaction; the error that made it fail, or None.
 
         *wait*: wait for a lock held elsewhere (the writer thread) or not (the loop).
@@ -514,21 +307,15 @@ class SQLiteStore:
                 return exc
         return None
 
-    def _closed_error(self) -> StoreWriteError:
-        return StoreWriteError(
-            f"the task store {self.path!r} is closed; open a new SQLiteStore "
-            + see("leases", "LEASE-7")
-        )
+    @property
+    def _name(self) -> str:
+        return f"the task store {self.path!r}"
 
     def _now(self, db: sqlite3.Connection) -> float:
         """The store's clock (the database's, unless one was given)."""
         if self.clock is not None:
             return self.clock.now()
         return float(db.execute(_DB_NOW).fetchone()[0])
-
-    def flush(self) -> None:
-        """Write everything queued now, waiting for it (blocks: not for a running loop)."""
-        self._writer.submit(self._work).result()
 
     # ------------------------------------------------------------ leases and recovery
 
@@ -600,7 +387,7 @@ class SQLiteStore:
         row = (
             record.id, scope(record.user_id), scope(record.organization_id), record.module,
             record.label, record.task_key, record.status, record.progress,
-            _dump(record.checkpoint), _dump(record.result), record.error,
+            dump(record.checkpoint), dump(record.result), record.error,
             record.created_at, record.updated_at, lease.runtime_id, lease.token,
         )  # fmt: skip
 
@@ -621,10 +408,6 @@ class SQLiteStore:
         found: tuple[TaskRecord, bool] = await self._write(run)
         return found
 
-    def get(self, task_id: str) -> TaskRecord | None:
-        found = self._query(_SELECT_BY_ID, (task_id,))
-        return found[0] if found else None
-
     async def update(
         self,
         task_id: str,
@@ -633,12 +416,11 @@ class SQLiteStore:
         *,
         keep: tuple[Owner, Message] | None = None,
     ) -> bool:
-        if not _FIELDS.issuperset(changes):  # no set to build in the usual case
-            raise ValueError(f"cannot update task fields {sorted(set(changes) - _FIELDS)}")
+        check_fields(changes)
         fence = (task_id, *lease[:2], *lease[:2])
         if changes:
             names = tuple(changes)
-            values = [_dump(changes[n]) if n in _JSON_FIELDS else changes[n] for n in names]
+            values = [dump(changes[n]) if n in _JSON_FIELDS else changes[n] for n in names]
             assignments = ", ".join(f"{n} = ?" for n in names)
             sql = f"UPDATE tasks SET {assignments} WHERE id = ? AND {_FENCE}"
             params = (*values, *fence)
@@ -660,13 +442,6 @@ class SQLiteStore:
 
         changed: bool = await self._write(run)
         return changed
-
-    def _read(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
-        with self._read_lock:
-            return self._reader.execute(sql, params).fetchall()
-
-    def _query(self, sql: str, params: tuple[object, ...]) -> list[TaskRecord]:
-        return [_row(values) for values in self._read(sql, params)]
 
     def find_by_key(self, task_key: str, organization_id: object) -> list[TaskRecord]:
         return self._query(
@@ -697,7 +472,7 @@ class SQLiteStore:
     def enqueue(self, owner: Owner, message: Message) -> None:
         slot = (scope(owner.user_id), scope(owner.organization_id))
         text = json.dumps(message)
-        write = _Write(lambda db: None, time.monotonic() + self.retry_for, slot, text)
+        write = Write(lambda db: None, time.monotonic() + self.retry_for, slot, text)
 
         def run(db: sqlite3.Connection) -> None:
             (write.seq,) = db.execute(
@@ -723,7 +498,7 @@ class SQLiteStore:
             unwritten = [w for w in self._queue if w.slot == slot and not w.delivered]
             unwritten += [w for w in self._in_flight if w.slot == slot and not w.delivered]
             unwritten.sort(key=lambda w: w.order)
-            skip = {w.seq for w in unwritten if w.seq is not None} | self._pending_delete
+            skip = {w.seq for w in unwritten if w.seq is not None} | self._skip
             rows = None
             if not self._thread_busy and not self._in_flight:
                 rows = self._delete_now(slot)
@@ -739,12 +514,10 @@ class SQLiteStore:
                 w.delivered = True
             self._queue = [w for w in self._queue if not w.delivered]
             if deferred and rows:
-                self._pending_delete.update(seq for seq, _ in rows)
+                self._skip.update(seq for seq, _ in rows)
         if deferred and rows:
             self._kept(self._delete_kept([seq for seq, _ in rows]))
-        return [json.loads(text) for _, text in rows] + [
-            json.loads(w.message) for w in unwritten if w.message is not None
-        ]
+        return kept_messages(rows, unwritten)
 
     def _delete_now(self, slot: tuple[str, str]) -> list[tuple[int, str]] | None:
         """Delete and return an owner's written messages, if the lock is free at once."""
@@ -768,11 +541,8 @@ class SQLiteStore:
                 return None
         return [(seq, text) for seq, text in rows]
 
-    def _delete_kept(self, seqs: list[int]) -> _Write:
-        def run(db: sqlite3.Connection) -> None:
-            db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
-
-        return _Write(run, time.monotonic() + self.retry_for, ("", ""), None, deletes=tuple(seqs))
+    def _deleting(self, seqs: list[int]) -> Callable[[sqlite3.Connection], Any]:
+        return lambda db: db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
 
     # ------------------------------------------------------------ closing
 
@@ -784,8 +554,7 @@ class SQLiteStore:
             self._closed = True
         self.flush()
         self._writer.shutdown(wait=True)
-        with self._lock:
-            left = [w for w in self._queue if not w.done and not w.delivered]
+        left = self._left_unwritten()
         if left:
             log.error("taskbed: %d writes to %s were never made (the store failed)", len(left),
                       self.path)  # fmt: skip

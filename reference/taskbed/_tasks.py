@@ -13,9 +13,8 @@ import json
 import locale
 import os
 import subprocess
-import weakref
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from . import ui
 from ._context import RequestContext, current_request, sdk_variable
@@ -36,9 +35,12 @@ from ._errors import (
     see,
 )
 from ._host import Host
-from ._manager import CoroutineWork, TaskManager, Work
+from ._manager import ACCEPTED, CoroutineWork, TaskManager, Work
 from ._model import DEFAULT_LABEL, Owner, clamp_progress, json_copy, serialize
 from ._ports import ProcessResult
+
+if TYPE_CHECKING:
+    import types
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -49,11 +51,6 @@ SANDBOX_PREFIX = "MODULE_SDK_"
 #: The longest ``task_key``, in UTF-8 bytes (BG-14): far above any real key, far below what
 #: makes a store grow without bound (a 10 MB key once grew a SQLite file by 63 MB).
 MAX_TASK_KEY_BYTES = 1024
-
-#: Coroutine objects accepted by ``run_background`` that may not have started yet: a second
-#: submission of one of them is refused (BG-12) instead of closing it under the task that owns
-#: it. Weak: a coroutine leaves the set when it is dropped; once it starts, its state says it.
-_accepted: weakref.WeakSet[Coroutine[Any, Any, Any]] = weakref.WeakSet()
 
 
 # (the raw os.environ it was decoded from, that environment less the sandbox variables)
@@ -110,9 +107,13 @@ def _close(obj: object) -> None:
 
 def _check_fresh(coro: Coroutine[Any, Any, Any]) -> None:
     """Refuse a coroutine object that was submitted before or has started (BG-12)."""
-    state = inspect.getcoroutinestate(coro)
-    if state == inspect.CORO_CREATED and coro not in _accepted:
+    # What inspect.getcoroutinestate() tells of a fresh one, read without its call (on every
+    # submission); only a coroutine object gets here (inspect.iscoroutine).
+    native = cast("types.CoroutineType[Any, Any, Any]", coro)
+    fresh = not native.cr_running and not native.cr_suspended and native.cr_frame is not None
+    if fresh and coro not in ACCEPTED:
         return
+    state = inspect.getcoroutinestate(coro)
     name = getattr(coro, "__name__", "job")
     how = {
         inspect.CORO_CREATED: "was already submitted",
@@ -335,7 +336,6 @@ class Tasks:
                     "coroutine; pass them to the coroutine function instead: "
                     "run_background(job(x=1)) " + see("submission", "BG-2")
                 )
-            _accepted.add(target)
             return CoroutineWork(target)
         if isinstance(target, str):
             func = self._runtime.registered_task(target)
