@@ -3,7 +3,7 @@
 Mechanism, chosen by measuring (see docs/benchmarks.md): ``subprocess.Popen`` on the event
 loop's thread, with the read ends of its pipes and a pidfd of the process as loop readers; no
 thread is involved while a command runs and ends on its own. Waiting in a worker thread, as
-earlier versions did, cost a thread hop each way, about 0.2 ms a call, a third of running
+earlier versions did, cost a thread hop each way, about 0.1 ms a call, a sixth of running
 ``true``. The price: the loop waits for the spawn itself. ``Popen`` uses vfork, which returns
 once the child has exec'd (about 0.1 ms for a local program; as long as the exec takes for a
 program on a slow network filesystem). CPython drops the GIL around that vfork (gh-104372), so
