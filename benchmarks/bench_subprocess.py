@@ -6,6 +6,9 @@
    median of every call's time is reported):
    * ``subprocess.run(["true"])`` from the event-loop thread (the baseline; it blocks the loop);
    * ``subprocess.run(["true"], capture_output=True)``, as run_subprocess captures by default;
+   * the same work as run_subprocess asks of the OS: ``subprocess.run`` with captured output,
+     stdin from /dev/null, its own process group and the environment run_subprocess passes
+     (the parent's, the sandbox variables and the kill marker; explicit, so Popen encodes it);
    * ``await sdk.tasks.run_subprocess(["true"])``;
    * ``asyncio.create_subprocess_exec("true")`` with captured output, for reference;
    * ``loop.run_in_executor(pool, subprocess.run, ["true"], capture_output=True)``: the floor
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import shutil
 import subprocess
 import time
@@ -29,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from _common import LagProbe, Targets, call_times, header, median, ms, parser, us
 
 from taskbed import Runtime
+from taskbed._process import TAG_VARIABLE
 
 SESSION = {"user": {"id": 7, "organization_id": 10}}
 TRUE = shutil.which("true") or "true"
@@ -81,9 +86,16 @@ async def main() -> None:
             run = functools.partial(subprocess.run, ["true"], check=True, capture_output=True)
             await loop.run_in_executor(pool, run)
 
+        same_env = {**os.environ, **tasks.sandbox_variables(), TAG_VARIABLE: os.urandom(8).hex()}
+
+        async def same_work() -> None:
+            subprocess.run(["true"], check=True, capture_output=True, env=same_env,
+                           stdin=subprocess.DEVNULL, process_group=0)  # fmt: skip
+
         variants: dict[str, Callable[[], Awaitable[object]]] = {
             'subprocess.run(["true"])': blocking_run,
             "subprocess.run(..., capture_output=True)": blocking_run_captured,
+            "subprocess.run, the same work": same_work,
             "sdk.tasks.run_subprocess": run_subprocess,
             "asyncio.create_subprocess_exec": asyncio_exec,
             "run_in_executor(subprocess.run, capture)": in_thread,
@@ -125,6 +137,9 @@ async def main() -> None:
         print(f"  loop lag, idle {0.25 * batches:.2f} s: {idle.summary()}")
 
     ratio = median(results["sdk.tasks.run_subprocess"]) / base
+    same_work = median(results["subprocess.run, the same work"])
+    same = median(results["sdk.tasks.run_subprocess"]) / same_work
+    print(f"run_subprocess vs subprocess.run doing the same work: {same:.2f}x")
     targets = Targets()
     targets.check(
         'run_subprocess(["true"]) per call vs subprocess.run(["true"])', f"{ratio:.2f}x",
