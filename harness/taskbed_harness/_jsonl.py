@@ -422,10 +422,7 @@ class JsonLinesAdapter(Adapter):
         if proc.stdout is not None:
             proc.stdout.close()
         if stderr is not None and not stderr.closed:
-            self.stderr_text = _stderr_text(stderr)
             stderr.close()
-
-    stderr_text = ""
 
     # ------------------------------------------------------------ the module side
 

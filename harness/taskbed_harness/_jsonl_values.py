@@ -60,11 +60,6 @@ ERROR_TYPES: dict[str, type[BaseException]] = {
     "Exception": Exception,
 }
 
-#: The ``kind`` of a ``job`` value.
-JOB_KINDS = ("coroutine", "awaitable", "coroutine_function", "async_callable", "function")
-#: The ``state`` of a ``coroutine`` job (``inspect.getcoroutinestate`` in lower case).
-COROUTINE_STATES = ("created", "suspended", "running", "closed")
-
 Hook = Callable[[Any], Any]
 
 
