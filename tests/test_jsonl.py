@@ -19,7 +19,7 @@ import pytest
 from taskbed_harness import JsonLinesAdapter, JsonLinesError
 from taskbed_harness._cli import main
 from taskbed_harness._conform import Outcome, run_rule_sync, run_suite
-from taskbed_harness._jsonl import sample_command
+from taskbed_harness._jsonl import JsonLinesConnection, sample_command
 from taskbed_harness._spec import load_rules
 
 RULES = load_rules()
@@ -157,3 +157,18 @@ def test_a_child_that_runs_deduplicated_work_fails_exactly_the_dedup_rules() -> 
     failed = {r.rule.id for r in results if r.outcome is Outcome.FAIL}
     # DEDUP-7 (two runtimes) needs the peer capability, which the sample does not declare.
     assert failed == {"DEDUP-1", "DEDUP-6"}
+
+
+def test_messages_of_one_step_reach_every_connection_at_once() -> None:
+    """OWN-3 over the sample failed 2 runs in 5 while a client's message was visible before
+    the same step's message to the user's other tab: messages wait for the child's next line
+    of another kind."""
+    adapter = JsonLinesAdapter(sample_command())
+    first, second = JsonLinesConnection(adapter, "c1"), JsonLinesConnection(adapter, "c2")
+    adapter._clients.update(c1=first, c2=second)
+    message = {"type": "backgroundTaskStarted", "taskId": "t1"}
+    adapter._handle({"event": "message", "client": "c1", "message": message})
+    assert (first.messages, second.messages) == ([], [])  # the step is not over
+    adapter._handle({"event": "message", "client": "c2", "message": message})
+    adapter._handle({"event": "job.discard", "job": "j-none"})  # the child's next line
+    assert (first.messages, second.messages) == ([message], [message])
